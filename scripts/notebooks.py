@@ -1,0 +1,181 @@
+"""Maintain the notebook series: execute, clean, and sync Colab links from pyproject.toml.
+
+Usage (from the repository root; with no notebook given, every numbered notebook):
+    python scripts/notebooks.py execute [NOTEBOOK ...]   # run in a fresh kernel, clean, save
+    python scripts/notebooks.py clean [NOTEBOOK ...]     # strip volatile metadata
+    python scripts/notebooks.py sync [NOTEBOOK ...]      # Colab badge + install URL
+    python scripts/notebooks.py check [NOTEBOOK ...]     # exit 1 if not clean or not synced
+    python scripts/notebooks.py slides [NOTEBOOK ...]    # reveal.js slides into ./slides
+
+The public repository URL lives in one place, ``[project.urls] Repository`` in pyproject.toml;
+``sync`` rewrites every notebook's Colab badge and Colab install cell from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
+BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+BADGE_RE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
+INSTALL_RE = re.compile(r'"cbnotes @ git\+[^"]*"')
+KEEP_NOTEBOOK_METADATA = ("kernelspec", "language_info")
+KEEP_CELL_METADATA = ("tags",)
+
+
+def repository_url() -> str:
+    """The public repository URL from pyproject.toml's [project.urls] Repository."""
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        url = tomllib.load(f)["project"]["urls"]["Repository"]
+    if not re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", url):
+        raise ValueError(
+            f"[project.urls] Repository = {url!r} must look like https://github.com/OWNER/REPO "
+            "(Colab opens notebooks from GitHub); fix it in pyproject.toml"
+        )
+    return url
+
+
+def colab_url(notebook: Path, branch: str = "main") -> str:
+    """Colab link that opens this notebook from the repository on GitHub."""
+    slug = repository_url().removeprefix("https://github.com/")
+    rel = notebook.resolve().relative_to(ROOT).as_posix()
+    return f"https://colab.research.google.com/github/{slug}/blob/{branch}/{rel}"
+
+
+def badge(notebook: Path) -> str:
+    """Markdown for the 'Open in Colab' badge of this notebook."""
+    return f"[![Open In Colab]({BADGE_IMAGE})]({colab_url(notebook)})"
+
+
+def install_spec() -> str:
+    """The pip requirement used by the Colab install cell."""
+    return f'"cbnotes @ git+{repository_url()}"'
+
+
+def sync(nb: nbformat.NotebookNode, path: Path) -> nbformat.NotebookNode:
+    """Rewrite the Colab badge and the Colab install cell from pyproject.toml."""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = BADGE_RE.sub(lambda _: badge(path), cell.source)
+        elif "colab-install" in cell.metadata.get("tags", []):
+            cell.source = INSTALL_RE.sub(lambda _: install_spec(), cell.source)
+    return nb
+
+
+def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Strip volatile metadata (timings, papermill, widget state), keep tags and outputs."""
+    nb.metadata = {k: nb.metadata[k] for k in KEEP_NOTEBOOK_METADATA if k in nb.metadata}
+    nb.metadata.get("language_info", {}).pop("version", None)
+    for cell in nb.cells:
+        cell.metadata = {k: cell.metadata[k] for k in KEEP_CELL_METADATA if k in cell.metadata}
+        for output in cell.get("outputs", []):
+            # widget views cannot be rendered on GitHub and carry session ids
+            output.get("data", {}).pop("application/vnd.jupyter.widget-view+json", None)
+    return nb
+
+
+def write_atomic(nb: nbformat.NotebookNode, path: Path) -> None:
+    """Validate and write a notebook without ever leaving a half-written file."""
+    nbformat.validate(nb)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            nbformat.write(nb, f)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def execute(path: Path, timeout: int = 3600) -> float:
+    """Run a notebook top to bottom in a fresh python3 kernel (cwd = its folder); return seconds."""
+    from nbconvert.preprocessors import ExecutePreprocessor
+
+    nb = nbformat.read(path, as_version=4)
+    sync(nb, path)
+    start = time.perf_counter()
+    ExecutePreprocessor(timeout=timeout, kernel_name="python3").preprocess(
+        nb, {"metadata": {"path": str(path.parent)}}
+    )
+    seconds = time.perf_counter() - start
+    write_atomic(clean(nb), path)
+    return seconds
+
+
+def slide_type(cell: nbformat.NotebookNode) -> str:
+    """Reveal.js role of a cell: a new slide per `#`/`##` heading, sub-slides per `###`."""
+    tags = cell.metadata.get("tags", [])
+    if "colab-install" in tags or "parameters" in tags:
+        return "skip"
+    if cell.cell_type == "markdown":
+        first = cell.source.lstrip().split("\n", 1)[0]
+        if re.match(r"#{1,2} ", first):
+            return "slide"
+        if first.startswith("### "):
+            return "subslide"
+    return "-"
+
+
+def slides(path: Path, out_dir: Path) -> Path:
+    """Export a notebook (with its committed outputs) as reveal.js slides for a journal club."""
+    from nbconvert import SlidesExporter
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        cell.metadata["slideshow"] = {"slide_type": slide_type(cell)}
+    exporter = SlidesExporter(reveal_scroll=True, exclude_input_prompt=True)
+    body, _ = exporter.from_notebook_node(nb)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{path.stem}.slides.html"
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{target.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(body)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, target)
+    return target
+
+
+def problems(path: Path) -> list[str]:
+    """What `clean` or `sync` would change in this notebook, as readable lines."""
+    nb = nbformat.read(path, as_version=4)
+    before = nbformat.writes(nb)
+    after = nbformat.writes(clean(sync(nbformat.reads(before, as_version=4), path)))
+    return [] if before == after else [f"{path}: not clean or not synced (run `clean`/`sync`)"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["execute", "clean", "sync", "check", "slides"])
+    parser.add_argument("notebooks", nargs="*", type=Path)
+    parser.add_argument("--out", type=Path, default=ROOT / "slides", help="folder for slides")
+    args = parser.parse_args(argv)
+    paths = args.notebooks or sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    failed = []
+    for path in paths:
+        if args.command == "execute":
+            print(f"{path}: executed in {execute(path):.0f} s", flush=True)
+        elif args.command == "slides":
+            print(slides(path, args.out))
+        elif args.command == "check":
+            failed += problems(path)
+        else:
+            nb = nbformat.read(path, as_version=4)
+            write_atomic(clean(nb) if args.command == "clean" else sync(nb, path), path)
+    for line in failed:
+        print(line, file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up ./.venv (scripts/setup.sh), lint, and run every test: the package's unit and
+# integration tests, every notebook through papermill in smoke mode, and nbval on the
+# committed outputs of the cells marked `# NBVAL_CHECK_OUTPUT`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export MPLBACKEND=Agg PYTHONHASHSEED=0
+.venv/bin/ruff check .
+.venv/bin/ruff format --check cbnotes tests benchmarks scripts
+.venv/bin/python scripts/notebooks.py check
+.venv/bin/python -m pytest tests notebooks --nbval-lax \
+    --nbval-sanitize-with tests/nbval_sanitize.cfg "$@"
