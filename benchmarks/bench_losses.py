@@ -1,0 +1,111 @@
+"""Forward + backward cost of the class-balanced losses relative to ``F.cross_entropy`` (CPU).
+
+Every case runs on the same logits (B = 128, C = 100) and labels in the same process, timed with
+``torch.utils.benchmark.Timer.blocked_autorange``; the table reports the median time and its
+ratio to plain cross-entropy. Usage::
+
+    python benchmarks/bench_losses.py [--threads 1] [--min-run-time 0.5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.benchmark import Timer
+
+from cbnotes.effective import class_balanced_weights
+from cbnotes.imbalance import long_tailed_counts
+from cbnotes.losses import (
+    LOSS_TYPES,
+    ClassBalancedLoss,
+    class_balanced_loss,
+    class_balanced_loss_from_weights,
+)
+
+BATCH, NUM_CLASSES, BETA, GAMMA = 128, 100, 0.9999, 1.0
+
+
+def cases() -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """Loss functions to time, keyed by a short label; the first is the baseline."""
+    counts = long_tailed_counts(500, NUM_CLASSES, 100)  # CIFAR-100-LT, IF 100
+    weights = class_balanced_weights(counts, BETA)
+    table: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+        "F.cross_entropy": F.cross_entropy,
+    }
+    for kind in LOSS_TYPES:
+        table[f"class_balanced_loss {kind}"] = lambda z, y, k=kind: class_balanced_loss(
+            z, y, counts, k, BETA, GAMMA
+        )
+        table[f"..._from_weights {kind}"] = lambda z, y, k=kind: class_balanced_loss_from_weights(
+            z, y, weights, k, GAMMA
+        )
+        table[f"ClassBalancedLoss {kind}"] = ClassBalancedLoss(counts, kind, BETA, GAMMA)
+    return table
+
+
+def measure(min_run_time: float) -> list[dict[str, float | str]]:
+    """Median forward+backward time of every case and its ratio to the baseline."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(BATCH, NUM_CLASSES, generator=gen).requires_grad_(True)
+    labels = torch.randint(0, NUM_CLASSES, (BATCH,), generator=gen)
+    rows: list[dict[str, float | str]] = []
+    for name, fn in cases().items():
+        timer = Timer(
+            stmt="torch.autograd.grad(fn(z, y), z)",
+            globals={"torch": torch, "fn": fn, "z": logits, "y": labels},
+            label="fwd+bwd",
+            description=name,
+        )
+        median = timer.blocked_autorange(min_run_time=min_run_time).median
+        rows.append({"case": name, "median_us": median * 1e6})
+    baseline = rows[0]["median_us"]
+    for row in rows:
+        row["ratio"] = row["median_us"] / baseline
+    return rows
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write ``payload`` as JSON atomically (temp file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=2)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    """Parse arguments, time the cases, print the table and optionally save JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds per case")
+    parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = measure(args.min_run_time)
+    print(f"B={BATCH}, C={NUM_CLASSES}, CPU, {args.threads} thread(s), torch {torch.__version__}")
+    print(f"{'case':<32} {'median (us)':>12} {'x cross_entropy':>16}")
+    for row in rows:
+        print(f"{row['case']:<32} {row['median_us']:>12.1f} {row['ratio']:>16.2f}")
+    if args.json is not None:
+        meta = {
+            "batch": BATCH,
+            "num_classes": NUM_CLASSES,
+            "beta": BETA,
+            "gamma": GAMMA,
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+        }
+        write_json(args.json, {"meta": meta, "results": rows})
+
+
+if __name__ == "__main__":
+    main()
