@@ -1,0 +1,590 @@
+"""The paper's CIFAR training recipe (Sec. 5.2): SGD, linear warm-up, step decays, and a Trainer.
+
+Recipe (ResNet-32 on CIFAR-LT): SGD with momentum 0.9, batch 128, 200 epochs, learning rate 0.1
+scaled by batch/128, linear warm-up over the first 5 epochs, ×0.01 at epoch 160 and ×0.01 again
+at epoch 180 (1 → 0.01 → 0.0001), weight decay 2e-4. These match the authors' TensorFlow code
+(``cifar_main.py`` run with ``--learning-rate-multiplier 1 0.01 0.0001``).
+
+The :class:`Trainer` keeps the GPU busy: the loss is summed on the device and read once per
+epoch, the learning rate is stepped per iteration by a ``torch.optim`` scheduler, and mixed
+precision (bf16, or fp16 with a gradient scaler) is chosen from the device. Its state (model,
+optimizer, scheduler, scaler, history) holds only tensors and plain Python values, so a
+checkpoint written with ``torch.save`` loads with ``torch.load(path, weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import itertools
+import math
+import numbers
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cbnotes.losses import LOSS_TYPES
+from cbnotes.metrics import confusion_matrix, summarize
+
+__all__ = [
+    "AMP_MODES",
+    "PaperLrFactor",
+    "Recipe",
+    "Trainer",
+    "build_optimizer",
+    "build_scheduler",
+    "pick_amp_dtype",
+    "seed_everything",
+]
+
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+REFERENCE_BATCH_SIZE = 128  # the paper's lr 0.1 is for batch 128 (linear scaling rule)
+_STATE_KEYS = (
+    "format",
+    "recipe",
+    "loss_type",
+    "model",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "history",
+    "last_evaluation",
+)
+_POSTFIX_EVERY = 50  # progress-bar postfix updates (no host sync) every this many steps
+
+
+def _is_int(value: Any) -> bool:
+    """True for integers (Python or NumPy), False for bools."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _round_half_up(value: float) -> int:
+    """Round to the nearest integer, halves up (Python's round() rounds halves to even)."""
+    return math.floor(value + 0.5)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Optimization hyper-parameters; the defaults are the paper's CIFAR recipe (Sec. 5.2)."""
+
+    epochs: int = 200
+    batch_size: int = 128
+    base_lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    warmup_epochs: int = 5
+    decay_epochs: tuple[int, ...] = (160, 180)
+    decay_factor: float = 0.01
+    nesterov: bool = False
+
+    def __post_init__(self) -> None:
+        """Validate every field and normalize numbers to int/float and decay_epochs to a tuple."""
+        for name, minimum in (("epochs", 1), ("batch_size", 1), ("warmup_epochs", 0)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        for name in ("base_lr", "momentum", "weight_decay", "decay_factor"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a real number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if not 0.0 < self.base_lr < math.inf:
+            raise ValueError(f"base_lr must be a finite number > 0, got {self.base_lr}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum} (the paper: 0.9)")
+        if not 0.0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay must be finite and >= 0, got {self.weight_decay}")
+        if not 0.0 < self.decay_factor <= 1.0:
+            raise ValueError(
+                f"decay_factor must be in (0, 1], got {self.decay_factor} (the paper: 0.01)"
+            )
+        if not isinstance(self.nesterov, bool):
+            raise ValueError(f"nesterov must be a bool, got {self.nesterov!r}")
+        if self.nesterov and self.momentum == 0.0:
+            raise ValueError("nesterov=True needs momentum > 0; set momentum or nesterov=False")
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"warmup_epochs must be <= epochs ({self.epochs}), got {self.warmup_epochs}"
+            )
+        self._normalize_decay_epochs()
+
+    def _normalize_decay_epochs(self) -> None:
+        """Check decay epochs: integers, strictly increasing, in [max(warmup, 1), epochs)."""
+        decays = self.decay_epochs
+        if isinstance(decays, (str, bytes)) or not isinstance(decays, Iterable):
+            raise ValueError(f"decay_epochs must be a sequence of integers, got {decays!r}")
+        decays = tuple(decays)
+        low = max(self.warmup_epochs, 1)
+        if not all(_is_int(d) for d in decays):
+            raise ValueError(f"decay_epochs must hold integers, got {decays!r}")
+        decays = tuple(int(d) for d in decays)
+        if any(b <= a for a, b in itertools.pairwise(decays)):
+            raise ValueError(f"decay_epochs must be strictly increasing, got {decays}")
+        if decays and not (low <= decays[0] and decays[-1] < self.epochs):
+            raise ValueError(
+                f"decay_epochs must lie in [{low}, {self.epochs - 1}] (after the warm-up, before "
+                f"the last epoch), got {decays}; use Recipe.scaled(epochs) for short runs"
+            )
+        object.__setattr__(self, "decay_epochs", decays)
+
+    @property
+    def lr(self) -> float:
+        """Peak learning rate, linearly scaled: base_lr · batch_size / 128."""
+        return self.base_lr * self.batch_size / REFERENCE_BATCH_SIZE
+
+    @classmethod
+    def scaled(cls, epochs: int, **overrides: Any) -> Recipe:
+        """The paper's recipe with its schedule compressed from 200 epochs to ``epochs``.
+
+        Warm-up and decay epochs are scaled by epochs/200 and rounded (halves up). The warm-up
+        lasts at least one epoch when ``epochs >= 2``; the decays are kept strictly increasing,
+        after the warm-up and before the last epoch, pulled earlier where rounding would break
+        that (a decay that no longer fits is dropped, the last one first kept). Other fields,
+        or an explicit schedule, go in ``overrides``. ``Recipe.scaled(200)`` is ``Recipe()``.
+        """
+        if not _is_int(epochs) or epochs < 1:
+            raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+        names = {f.name for f in dataclasses.fields(cls)} - {"epochs"}
+        unknown = set(overrides) - names
+        if unknown:
+            raise ValueError(
+                f"unknown Recipe fields {sorted(unknown)}; allowed overrides: {sorted(names)} "
+                "(epochs is the first argument)"
+            )
+        paper = cls()
+        factor = epochs / paper.epochs
+        warmup = (
+            0
+            if epochs < 2
+            else min(max(1, _round_half_up(paper.warmup_epochs * factor)), epochs - 1)
+        )
+        decays: list[int] = []
+        upper = epochs
+        for milestone in reversed(paper.decay_epochs):
+            epoch = min(_round_half_up(milestone * factor), upper - 1)
+            if epoch <= warmup:
+                break
+            decays.insert(0, epoch)
+            upper = epoch
+        fields = {"epochs": int(epochs), "warmup_epochs": warmup, "decay_epochs": tuple(decays)}
+        fields.update(overrides)
+        return cls(**fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serializable dict (decay_epochs as a list)."""
+        data = dataclasses.asdict(self)
+        data["decay_epochs"] = list(self.decay_epochs)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
+        """Inverse of :meth:`to_dict`; missing fields take the paper's defaults."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"data must be a mapping from Recipe.to_dict(), got {type(data)}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown Recipe fields {sorted(unknown)}; allowed: {sorted(names)}")
+        return cls(**dict(data))
+
+
+def _check_loss_type(loss_type: str) -> None:
+    """Raise ValueError unless ``loss_type`` is one of the paper's three losses."""
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+
+
+def build_optimizer(model: nn.Module, recipe: Recipe, loss_type: str) -> torch.optim.SGD:
+    """SGD with momentum and weight decay on all weights; no decay on ``fc.bias`` for sigmoid/focal.
+
+    "All weights" means every trainable parameter: conv and linear weights, the head bias, and
+    the BatchNorm scales γ and shifts β. The authors' TensorFlow code decays every trainable
+    variable (``tf.trainable_variables()``) and, for sigmoid and focal losses, every one except
+    the dense bias, whose prior initialization -log(C-1) would otherwise be pulled toward 0
+    (paper.md). PyTorch's ``weight_decay=λ`` adds λ·w to the gradient, the same update as TF's
+    λ·``l2_loss(w)`` = λ·‖w‖²/2 term in the loss.
+    """
+    _check_loss_type(loss_type)
+    if not isinstance(recipe, Recipe):
+        raise ValueError(f"recipe must be a Recipe, got {type(recipe).__name__}")
+    exempt: nn.Parameter | None = None
+    if loss_type != "softmax":
+        fc = getattr(model, "fc", None)
+        if not isinstance(fc, nn.Linear) or fc.bias is None:
+            raise ValueError(
+                f"loss_type={loss_type!r} needs a model whose linear head with bias is named `fc`"
+            )
+        exempt = fc.bias
+    decay = [p for p in model.parameters() if p.requires_grad and p is not exempt]
+    groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": recipe.weight_decay}]
+    if exempt is not None and exempt.requires_grad:
+        groups.append({"params": [exempt], "weight_decay": 0.0})
+    return torch.optim.SGD(
+        groups,
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay,
+        nesterov=recipe.nesterov,
+    )
+
+
+class PaperLrFactor:
+    """Learning-rate multiplier per iteration: linear warm-up, then ×decay_factor at milestones.
+
+    Iteration ``k < warmup_steps`` uses ``(k + 1) / warmup_steps`` (the TF code uses
+    ``k / warmup_steps``, whose first step has lr 0); afterwards the factor is
+    ``decay_factor ** (number of milestone steps <= k)``. A plain object (not a lambda) so that
+    ``LambdaLR.state_dict()`` records its settings.
+    """
+
+    def __init__(self, warmup_steps: int, milestone_steps: Sequence[int], decay_factor: float):
+        self.warmup_steps = int(warmup_steps)
+        self.milestone_steps = [int(m) for m in milestone_steps]
+        self.decay_factor = float(decay_factor)
+
+    def __call__(self, step: int) -> float:
+        """Multiplier of the peak lr at iteration ``step`` (0-based)."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        passed = sum(1 for m in self.milestone_steps if step >= m)
+        return self.decay_factor**passed
+
+    def settings(self) -> dict[str, Any]:
+        """Plain dict of the schedule, comparable with a checkpoint's."""
+        return {
+            "warmup_steps": self.warmup_steps,
+            "milestone_steps": list(self.milestone_steps),
+            "decay_factor": self.decay_factor,
+        }
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-iteration schedule: warm-up over ``warmup_epochs``, ×decay_factor at ``decay_epochs``.
+
+    Call ``scheduler.step()`` after every optimizer step. With the paper's recipe the lr rises
+    linearly to 0.1 during epochs 0–4, stays at 0.1 until epoch 159, is 0.001 from epoch 160 and
+    1e-5 from epoch 180.
+    """
+    if not _is_int(steps_per_epoch) or steps_per_epoch < 1:
+        raise ValueError(
+            f"steps_per_epoch must be an integer >= 1 (len(train_loader)), got {steps_per_epoch!r}"
+        )
+    factor = PaperLrFactor(
+        warmup_steps=recipe.warmup_epochs * steps_per_epoch,
+        milestone_steps=[e * steps_per_epoch for e in recipe.decay_epochs],
+        decay_factor=recipe.decay_factor,
+    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def pick_amp_dtype(device: torch.device | str) -> torch.dtype | None:
+    """Autocast dtype for ``device``: bf16 on CUDA GPUs with native bf16 (Ampere+), fp16 on
+    older CUDA GPUs (e.g. T4; use a GradScaler), None (fp32) elsewhere. Weights stay fp32."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if torch.cuda.get_device_capability(index) >= (8, 0) and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's (CPU and all CUDA devices) random generators.
+
+    This fixes model initialization and anything else drawn from the global generators. Runs on
+    CPU are then bitwise reproducible; on CUDA, bitwise equality additionally needs
+    ``torch.use_deterministic_algorithms(True)`` (some kernels are non-deterministic).
+    """
+    if not _is_int(seed) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    random.seed(int(seed))
+    np.random.seed(int(seed))  # noqa: NPY002 (the legacy global generator is the point)
+    torch.manual_seed(int(seed))
+
+
+class Loader(Protocol):
+    """What the Trainer needs from a data loader (e.g. ``cbnotes.pipeline.DeviceLoader``)."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def __iter__(self) -> Any: ...
+
+    def __len__(self) -> int: ...
+
+
+def _resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """Map the ``amp`` option to an autocast dtype (None = fp32) for ``device``."""
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
+    if amp == "auto":
+        return pick_amp_dtype(device)
+    if amp == "off":
+        return None
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"amp='fp16' needs a CUDA device, got {device}; use 'auto' or 'off'")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+class Trainer:
+    """Train a classifier with the paper's recipe and evaluate it on the balanced test set.
+
+    ``model`` should already carry the loss's head initialization
+    (:func:`cbnotes.models.init_head_for_loss`); ``loss_fn(logits, labels)`` returns the batch
+    loss (e.g. :class:`cbnotes.losses.ClassBalancedLoss`) and is evaluated in fp32. Loaders yield
+    ``(images, labels)`` batches and have ``set_epoch`` and ``len``. ``train_counts`` are the
+    training images per class (for the many/medium/few-shot accuracies). ``amp``: "auto" (see
+    :func:`pick_amp_dtype`), "off", "bf16" or "fp16" (CUDA only). ``compile=True`` wraps the
+    model in ``torch.compile`` (meant for CUDA; checkpoints keep the uncompiled names).
+
+    :meth:`train_epoch` appends one record per epoch to :attr:`history`; :meth:`evaluate`
+    writes the test top-1 error into the latest record; :meth:`fit` runs both to the end.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        train_loader: Loader,
+        test_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+        recipe: Recipe,
+        *,
+        loss_type: str,
+        device: torch.device | str,
+        num_classes: int,
+        train_counts: Sequence[int],
+        amp: str = "auto",
+        progress: bool = True,
+        compile: bool = False,
+    ) -> None:
+        _check_loss_type(loss_type)
+        if not isinstance(recipe, Recipe):
+            raise ValueError(f"recipe must be a Recipe, got {type(recipe).__name__}")
+        if not _is_int(num_classes) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        counts = [int(c) for c in train_counts]
+        if len(counts) != num_classes or any(c < 0 for c in counts):
+            raise ValueError(
+                f"train_counts must hold {num_classes} non-negative counts (one per class), "
+                f"got {counts}"
+            )
+        head = getattr(model, "fc", None)
+        if isinstance(head, nn.Linear) and head.out_features != num_classes:
+            raise ValueError(
+                f"num_classes={num_classes} but model.fc has {head.out_features} outputs; "
+                "build the model with the dataset's number of classes"
+            )
+        loader_batch = getattr(train_loader, "batch_size", None)
+        if loader_batch is not None and loader_batch != recipe.batch_size:
+            raise ValueError(
+                f"train_loader.batch_size={loader_batch} differs from recipe.batch_size="
+                f"{recipe.batch_size}; the lr is scaled by recipe.batch_size/128, so make them "
+                "equal"
+            )
+        steps = len(train_loader)
+        if steps < 1:
+            raise ValueError("train_loader has no batches; check the dataset and batch size")
+        self.device = torch.device(device)
+        self.amp_dtype = _resolve_amp(amp, self.device)
+        self.model = model.to(self.device)
+        self._forward = torch.compile(self.model) if compile else self.model
+        self.loss_fn = loss_fn.to(self.device) if isinstance(loss_fn, nn.Module) else loss_fn
+        self.train_loader = train_loader
+        self.test_loader = test_loader
+        self.recipe = recipe
+        self.loss_type = loss_type
+        self.num_classes = int(num_classes)
+        self.train_counts = counts
+        self.progress = bool(progress)
+        self.steps_per_epoch = steps
+        self.optimizer = build_optimizer(self.model, recipe, loss_type)
+        self.scheduler = build_scheduler(self.optimizer, recipe, steps)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
+        self.history: list[dict[str, Any]] = []
+        self.last_evaluation: dict[str, Any] | None = None
+
+    @property
+    def next_epoch(self) -> int:
+        """Index of the next epoch to train (= epochs trained so far)."""
+        return len(self.history)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Autocast context for the chosen AMP dtype, or a no-op for fp32."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train epoch ``epoch`` (= :attr:`next_epoch`) and append its record to :attr:`history`.
+
+        Returns the record: epoch, mean train loss, last lr used, images/s, seconds, and
+        ``top1_error`` (None until :meth:`evaluate` fills it in). The loss is summed on the
+        device and read once at the end (one host sync per epoch).
+        """
+        if not _is_int(epoch) or epoch != self.next_epoch:
+            raise ValueError(
+                f"epoch must be the next epoch, {self.next_epoch} (epochs are trained in order "
+                f"and the lr schedule has advanced to there), got {epoch!r}"
+            )
+        if epoch >= self.recipe.epochs:
+            raise ValueError(f"all {self.recipe.epochs} epochs of the recipe are already trained")
+        self.model.train()
+        self.train_loader.set_epoch(epoch)
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
+        images = 0
+        lr = self.optimizer.param_groups[0]["lr"]
+        start = time.perf_counter()
+        bar = tqdm(
+            self.train_loader,
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch}",
+            leave=False,
+            disable=not self.progress,
+        )
+        for step, (x, y) in enumerate(bar):
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            with self._autocast():
+                logits = self._forward(x)
+            loss = self.loss_fn(logits.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.scheduler.step()
+            loss_sum += loss.detach() * x.shape[0]
+            images += x.shape[0]
+            if step % _POSTFIX_EVERY == 0:
+                bar.set_postfix(lr=f"{lr:.3g}", refresh=False)
+        if images == 0:
+            raise ValueError(f"train_loader yielded no batches in epoch {epoch}")
+        mean_loss = float(loss_sum / images)  # the one host sync of the epoch
+        seconds = time.perf_counter() - start
+        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}")
+        bar.close()
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(
+                f"the train loss became {mean_loss} in epoch {epoch}; lower the learning rate, "
+                "check the loss inputs, or train with amp='off'"
+            )
+        record = {
+            "epoch": epoch,
+            "train_loss": mean_loss,
+            "lr": float(lr),
+            "images_per_s": images / seconds if seconds > 0 else None,
+            "seconds": seconds,
+            "top1_error": None,
+        }
+        self.history.append(record)
+        return record
+
+    @torch.inference_mode()
+    def evaluate(self) -> dict[str, Any]:
+        """Evaluate on the test loader: :func:`cbnotes.metrics.summarize` of the predictions.
+
+        The top-1 error is also written into the latest :attr:`history` record.
+        """
+        was_training = self.model.training
+        self.model.eval()
+        preds, targets = [], []
+        try:
+            for x, y in self.test_loader:
+                x = x.to(self.device, non_blocking=True)
+                with self._autocast():
+                    logits = self._forward(x)
+                preds.append(logits.argmax(dim=1))
+                targets.append(y.to(self.device, non_blocking=True))
+        finally:
+            self.model.train(was_training)
+        if not preds:
+            raise ValueError("test_loader yielded no batches; check the test set")
+        confusion = confusion_matrix(torch.cat(preds), torch.cat(targets), self.num_classes)
+        self.last_evaluation = summarize(confusion, self.train_counts)
+        if self.history:
+            self.history[-1]["top1_error"] = self.last_evaluation["top1_error"]
+        return self.last_evaluation
+
+    def fit(self, epochs: int | None = None, *, eval_every: int = 1) -> list[dict[str, Any]]:
+        """Train from :attr:`next_epoch` up to ``epochs`` (default: the recipe's); evaluate
+        every ``eval_every`` epochs and after the last one. Returns :attr:`history`."""
+        end = self.recipe.epochs if epochs is None else epochs
+        if not _is_int(end) or not self.next_epoch <= end <= self.recipe.epochs:
+            raise ValueError(
+                f"epochs must be an integer in [{self.next_epoch}, {self.recipe.epochs}] "
+                f"(next epoch .. recipe.epochs), got {epochs!r}"
+            )
+        if not _is_int(eval_every) or eval_every < 1:
+            raise ValueError(f"eval_every must be an integer >= 1, got {eval_every!r}")
+        bar = tqdm(range(self.next_epoch, end), desc="training", disable=not self.progress)
+        for epoch in bar:
+            record = self.train_epoch(epoch)
+            if (epoch + 1) % eval_every == 0 or epoch + 1 == end:
+                self.evaluate()
+            postfix = {"loss": f"{record['train_loss']:.4f}"}
+            if record["top1_error"] is not None:
+                postfix["err"] = f"{record['top1_error']:.2f}%"
+            bar.set_postfix(postfix)
+        return self.history
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpoint of model, optimizer, scheduler, scaler and history (tensors + plain types).
+
+        Tensors are shared with the live objects (as in PyTorch's own ``state_dict``): save the
+        dict or deep-copy it before training on.
+        """
+        return {
+            "format": 1,
+            "recipe": self.recipe.to_dict(),
+            "loss_type": self.loss_type,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "history": copy.deepcopy(self.history),
+            "last_evaluation": copy.deepcopy(self.last_evaluation),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` made with the same recipe, loss type and loader length."""
+        missing = [key for key in _STATE_KEYS if key not in state]
+        if missing:
+            raise ValueError(f"state is missing {missing}; pass a dict from Trainer.state_dict()")
+        if state["format"] != 1:
+            raise ValueError(f"unsupported checkpoint format {state['format']!r} (expected 1)")
+        if Recipe.from_dict(state["recipe"]) != self.recipe:
+            raise ValueError(
+                f"checkpoint recipe {state['recipe']} differs from this trainer's "
+                f"{self.recipe.to_dict()}; build the Trainer with the checkpoint's recipe"
+            )
+        if state["loss_type"] != self.loss_type:
+            raise ValueError(
+                f"checkpoint loss_type {state['loss_type']!r} differs from {self.loss_type!r}"
+            )
+        saved = state["scheduler"].get("lr_lambdas", [None])[0]
+        current = self.scheduler.lr_lambdas[0].settings()
+        if saved is None or {k: saved.get(k) for k in current} != current:
+            raise ValueError(
+                f"checkpoint lr schedule {saved} differs from this trainer's {current}; "
+                "the train loader must have the same number of batches per epoch"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler.is_enabled() and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.history = copy.deepcopy(list(state["history"]))
+        self.last_evaluation = copy.deepcopy(state["last_evaluation"])
