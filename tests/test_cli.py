@@ -1,0 +1,139 @@
+"""The command line: help for newcomers, presets, a smoke run, clean errors (exit status 2)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from cbnotes.cli import main
+from cbnotes.experiments import SUMMARY_COLUMNS
+from cbnotes.presets import PRESETS, get_preset
+
+SUBCOMMANDS = ("run", "run-one", "list", "export", "compare", "presets", "figures")
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: cbnotes {command}")
+
+
+def test_main_help_lists_subcommands_and_examples(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "examples:" in out
+    for command in SUBCOMMANDS:
+        assert command in out
+
+
+def test_python_dash_m_cbnotes_runs():
+    result = subprocess.run(
+        [sys.executable, "-m", "cbnotes", "presets"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "smoke" in result.stdout
+
+
+def test_presets_lists_every_preset_with_its_run_count(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in PRESETS:
+        line = next(row for row in out.splitlines() if row.split()[0] == name)
+        assert f"{len(get_preset(name))} runs" in line
+
+
+def test_an_unknown_preset_is_a_one_line_error_with_status_2(capsys):
+    assert main(["run", "--preset", "nope", "--out", "unused"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cbnotes run: error: unknown preset 'nope'")
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1
+
+
+def test_focal_without_gamma_is_a_user_error(tmp_path, capsys):
+    code = main(["run-one", "--dataset", "synthetic", "--loss", "focal", "--out", str(tmp_path)])
+    assert code == 2
+    assert "gamma" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_results_folder_is_a_user_error(tmp_path, capsys):
+    assert main(["compare", "--out", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_smoke_preset_end_to_end(tmp_path, capsys):
+    out = tmp_path / "runs"
+    configs = get_preset("smoke")
+    assert main(["run", "--preset", "smoke", "--out", str(out), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("pending") == len(configs)
+
+    assert (
+        main(["run", "--preset", "smoke", "--out", str(out), "--device", "cpu", "--no-progress"])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "CB softmax (β=0.9999)" in printed
+    assert str(out / "summary.csv") in printed
+    assert len(pd.read_csv(out / "summary.csv")) == len(configs)
+
+    assert main(["run", "--preset", "smoke", "--out", str(out), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("finished") == len(configs)
+
+    assert main(["list", "--out", str(out)]) == 0
+    listed = capsys.readouterr().out
+    assert all(c.run_id in listed for c in configs)
+
+    target = tmp_path / "export.csv"
+    assert main(["export", "--out", str(out), "--to", str(target)]) == 0
+    exported = pd.read_csv(target)
+    assert list(exported.columns) == list(SUMMARY_COLUMNS)
+    assert len(exported) == len(configs)
+
+    assert main(["compare", "--out", str(out)]) == 0
+    assert "not in the paper" in capsys.readouterr().out
+
+    assert main(["figures", "--out", str(out)]) == 0
+    paths = capsys.readouterr().out.split()
+    assert sorted(p.rsplit("/", 1)[-1] for p in paths) == ["per_class.png", "results.png"]
+    assert all(
+        (out / "figures" / name).stat().st_size > 0 for name in ("results.png", "per_class.png")
+    )
+
+
+def test_run_one_trains_a_single_configuration(tmp_path, capsys):
+    args = [
+        "run-one",
+        "--dataset",
+        "synthetic",
+        "--if",
+        "10",
+        "--loss",
+        "sigmoid",
+        "--beta",
+        "0.99",
+        "--epochs",
+        "1",
+        "--depth",
+        "8",
+        "--base-width",
+        "4",
+        "--batch-size",
+        "64",
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    assert "CB sigmoid (β=0.99)" in capsys.readouterr().out
+    (result,) = (tmp_path / "runs").glob("*.json")
+    assert result.name.startswith("synthetic-if10-sigmoid-b0.99-s0-")

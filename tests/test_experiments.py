@@ -1,0 +1,341 @@
+"""The runner: stable run ids, one JSON per run, skipping finished runs, exact resumption."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cbnotes import experiments
+from cbnotes.experiments import (
+    BEST_EPOCH_NOTE,
+    SUMMARY_COLUMNS,
+    RunConfig,
+    aggregate,
+    checkpoint_path,
+    load_results,
+    result_path,
+    run_experiment,
+    run_status,
+    run_sweep,
+)
+from cbnotes.imbalance import long_tailed_counts
+from cbnotes.presets import (
+    CPU_DEPTH,
+    PRESETS,
+    filter_configs,
+    get_preset,
+    with_overrides,
+    with_seeds,
+)
+from cbnotes.training import Recipe, Trainer
+
+TINY = RunConfig(
+    "synthetic", 100, "softmax", 0.9999, depth=8, base_width=4, epochs=2, batch_size=64
+)
+
+
+def _no_temp_files(folder: Path) -> bool:
+    """True when no half-written temporary file is left anywhere under ``folder``."""
+    return not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+# ----------------------------------------------------------------------------- RunConfig
+
+
+def test_run_id_is_readable_and_ends_with_a_hash():
+    config = RunConfig("fashion_mnist", 100, "softmax", 0.9999, seed=0)
+    prefix, digest = config.run_id.rsplit("-", 1)
+    assert prefix == "fashion_mnist-if100-softmax-b0.9999-s0"
+    assert len(digest) == 8
+    assert set(digest) <= set("0123456789abcdef")
+    focal = RunConfig("cifar10", 50, "focal", 0.0, 2.0, seed=3)
+    assert focal.run_id.startswith("cifar10-if50-focal-g2-b0-s3-")
+
+
+def test_run_id_is_the_same_in_another_process():
+    # The hash must not depend on dict order or Python's per-process hash randomization.
+    config = RunConfig(
+        seed=4, gamma=0.5, loss_type="focal", beta=0.99, dataset="cifar100", imbalance_factor=20
+    )
+    code = (
+        "from cbnotes.experiments import RunConfig;"
+        "print(RunConfig('cifar100', 20.0, 'focal', 0.99, 0.5, seed=4).run_id)"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert out.stdout.strip() == config.run_id
+
+
+def test_every_field_changes_the_run_id():
+    base = RunConfig("synthetic", 100, "focal", 0.9999, 1.0)
+    changes = dict(
+        dataset="cifar10",
+        imbalance_factor=50,
+        loss_type="sigmoid",
+        beta=0.99,
+        gamma=2.0,
+        seed=1,
+        depth=14,
+        base_width=8,
+        epochs=3,
+        batch_size=32,
+        pad=2,
+        data_seed=1,
+        amp="off",
+        eval_every=5,
+    )
+    assert set(changes) == {f.name for f in dataclasses.fields(RunConfig)}
+    ids = {base.run_id}
+    for name, value in changes.items():
+        extra = {"gamma": None} if name == "loss_type" else {}
+        ids.add(dataclasses.replace(base, **{name: value}, **extra).run_id)
+    assert len(ids) == len(changes) + 1
+
+
+def test_an_integer_and_a_float_imbalance_factor_are_the_same_run():
+    assert RunConfig("synthetic", 100).run_id == RunConfig("synthetic", 100.0).run_id
+
+
+def test_gamma_belongs_to_focal_loss_only():
+    with pytest.raises(ValueError, match="gamma applies only to loss_type='focal'"):
+        RunConfig("synthetic", 100, "softmax", 0.9999, gamma=1.0)
+    with pytest.raises(ValueError, match="gamma must be a number"):
+        RunConfig("synthetic", 100, "focal", 0.9999)
+    assert RunConfig("synthetic", 100, "focal", 0.9999, 1).gamma == 1.0
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"dataset": "imagenet"}, "dataset must be one of"),
+        ({"imbalance_factor": 0.5}, "imbalance_factor must be"),
+        ({"beta": 1.0}, r"beta must be in \[0, 1\)"),
+        ({"beta": -0.1}, r"beta must be in \[0, 1\)"),
+        ({"loss_type": "hinge"}, "loss_type must be one of"),
+        ({"depth": 10}, "depth must be 6n"),
+        ({"epochs": 0}, "epochs must be >= 1"),
+        ({"seed": 1.5}, "seed must be an integer"),
+        ({"amp": "yes"}, "amp must be one of"),
+    ],
+)
+def test_bad_configs_are_rejected_with_a_clear_message(changes, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig(**{"dataset": "synthetic", **changes})
+
+
+def test_config_round_trips_through_a_dict_and_rejects_unknown_keys():
+    config = RunConfig("synthetic", 100, "focal", 0.9, 0.5, seed=2)
+    assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="unknown RunConfig field"):
+        RunConfig.from_dict({**config.to_dict(), "lr": 0.1})
+
+
+def test_200_epochs_is_the_papers_recipe_and_labels_name_the_method():
+    assert RunConfig("cifar10").recipe() == Recipe()
+    assert RunConfig("cifar10", batch_size=256, epochs=12).recipe().batch_size == 256
+    assert RunConfig("cifar10").label == "softmax"
+    assert RunConfig("cifar10", loss_type="focal", gamma=1).label == "focal γ=1.0"
+    assert RunConfig("cifar10", 100, "focal", 0.9999, 1.0).label == "CB focal γ=1.0 (β=0.9999)"
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+def test_presets_have_the_documented_sizes_and_unique_runs():
+    sizes = {"paper": 260, "paper-best": 70, "cpu": 36, "cpu-quick": 6, "smoke": 3}
+    assert {name: len(get_preset(name)) for name in PRESETS} == sizes
+    for name in PRESETS:
+        ids = [c.run_id for c in get_preset(name)]
+        assert len(set(ids)) == len(ids), name
+    paper_ids = {c.run_id for c in get_preset("paper")}
+    assert {c.run_id for c in get_preset("paper-best")} <= paper_ids
+    assert {c.run_id for c in get_preset("cpu-quick")} <= {c.run_id for c in get_preset("cpu")}
+    assert all(c.depth == CPU_DEPTH for c in get_preset("cpu"))
+
+
+def test_the_paper_preset_uses_the_papers_grid():
+    runs = get_preset("paper")
+    assert {c.beta for c in runs} == {0.0, 0.9, 0.99, 0.999, 0.9999}
+    assert {c.gamma for c in runs if c.loss_type == "focal"} == {0.5, 1.0, 2.0}
+    assert all(c.depth == 32 and c.epochs == 200 and c.batch_size == 128 for c in runs)
+    # 5 plain + 4 β × (softmax, sigmoid, 3 focal γ) per column, plain only at IF 1
+    assert len(filter_configs(runs, dataset="cifar10", imbalance_factor=100)) == 25
+    assert len(filter_configs(runs, dataset="cifar10", imbalance_factor=1)) == 5
+
+
+def test_filters_select_and_reject_values_no_run_has():
+    cpu = get_preset("cpu")
+    picked = filter_configs(cpu, imbalance_factor=10, loss_type=["focal"], seeds=[0, 2])
+    assert len(picked) == 4
+    assert all(c.imbalance_factor == 10 and c.loss_type == "focal" for c in picked)
+    with pytest.raises(ValueError, match="imbalance_factor"):
+        filter_configs(cpu, imbalance_factor=7)
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_preset("papr")
+    assert len(with_seeds(get_preset("cpu-quick"), [0, 1, 2, 3])) == 24
+    assert {c.epochs for c in with_overrides(cpu, epochs=3)} == {3}
+
+
+# ----------------------------------------------------------------------------- running
+
+
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory):
+    """A finished smoke sweep (3 tiny runs on synthetic data)."""
+    out = tmp_path_factory.mktemp("smoke")
+    df = run_sweep(get_preset("smoke"), out, device="cpu", progress=False)
+    return out, df
+
+
+def test_a_sweep_writes_one_json_per_run_and_a_tidy_summary(smoke_dir):
+    out, df = smoke_dir
+    configs = get_preset("smoke")
+    assert sorted(p.stem for p in (out / "runs").glob("*.json")) == sorted(
+        c.run_id for c in configs
+    )
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary.columns) == list(SUMMARY_COLUMNS)
+    assert sorted(summary["run_id"]) == sorted(c.run_id for c in configs)
+    assert list(df["run_id"]) == [c.run_id for c in configs]
+    assert df["top1_error"].between(0, 100).all()
+    assert not list((out / "checkpoints").glob("*.pt"))
+    assert _no_temp_files(out)
+
+
+def test_a_result_records_the_headline_the_best_epoch_and_provenance(smoke_dir):
+    out, _ = smoke_dir
+    config = get_preset("smoke")[0]
+    record = json.loads(result_path(out, config).read_text(encoding="utf-8"))
+    assert record["config"] == config.to_dict()
+    assert record["top1_error"] == record["final_metrics"]["top1_error"]
+    assert record["top1_error"] == record["history"][-1]["top1_error"]
+    assert record["best_top1_error"] == min(h["top1_error"] for h in record["history"])
+    assert record["best_top1_error_note"] == BEST_EPOCH_NOTE
+    assert len(record["history"]) == config.epochs
+    assert record["train_counts"] == long_tailed_counts(200, 10, 100)
+    assert len(record["final_metrics"]["per_class_accuracy"]) == 10
+    for key in ("device", "torch", "torchvision", "cbnotes", "git_rev"):
+        assert key in record["environment"]
+    assert record["images_per_second"] > 0
+    assert run_status(config, out) == "finished"
+
+
+def test_rerunning_skips_finished_runs(smoke_dir, monkeypatch):
+    out, df = smoke_dir
+
+    def must_not_train(self, epoch):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(Trainer, "train_epoch", must_not_train)
+    again = run_sweep(get_preset("smoke"), out, device="cpu", progress=False)
+    pd.testing.assert_frame_equal(again, df)
+
+
+def test_load_results_and_aggregate_pool_seeds(smoke_dir):
+    out, _ = smoke_dir
+    df = load_results(out)
+    assert len(df) == 3
+    assert isinstance(df["per_class_accuracy"].iloc[0], list)
+    fake = pd.concat([df.iloc[[0]]] * 3, ignore_index=True)
+    fake["seed"] = [0, 1, 2]
+    fake["top1_error"] = [10.0, 12.0, 17.0]
+    agg = aggregate(fake)
+    assert len(agg) == 1
+    assert agg["n"].iloc[0] == 3
+    assert agg["seeds"].iloc[0] == "0 1 2"
+    assert agg["top1_error_mean"].iloc[0] == pytest.approx(13.0)
+    assert agg["top1_error_std"].iloc[0] == pytest.approx(np.std([10, 12, 17], ddof=1))
+
+
+def _comparable(record: dict) -> dict:
+    """What must be identical between an interrupted-and-resumed run and an uninterrupted one."""
+    history = [
+        {k: h[k] for k in ("epoch", "train_loss", "lr", "top1_error")} for h in record["history"]
+    ]
+    return {
+        "history": history,
+        "final": record["final_metrics"],
+        "best": (record["best_top1_error"], record["best_epoch"]),
+    }
+
+
+def test_an_interrupted_run_resumes_where_it_stopped_and_ends_identically(tmp_path, monkeypatch):
+    reference = run_experiment(TINY, tmp_path / "straight", device="cpu", progress=False)
+
+    out = tmp_path / "interrupted"
+    original = Trainer.train_epoch
+    trained: list[int] = []
+
+    def interrupt_at_epoch_1(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupt_at_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(TINY, out, device="cpu", progress=False)
+    assert checkpoint_path(out, TINY).exists()
+    assert not result_path(out, TINY).exists()
+    assert run_status(TINY, out) == "interrupted"
+    assert _no_temp_files(out)
+
+    def record_epochs(self, epoch):
+        trained.append(epoch)
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", record_epochs)
+    resumed = run_experiment(TINY, out, device="cpu", progress=False)
+    assert trained == [1], "epoch 0 must not be trained again"
+    assert resumed["sessions"] == 2
+    assert _comparable(resumed) == _comparable(reference)
+    assert not checkpoint_path(out, TINY).exists()
+    assert result_path(out, TINY).exists()
+
+
+def test_a_checkpoint_of_another_config_is_refused(tmp_path, monkeypatch):
+    original = Trainer.train_epoch
+
+    def interrupt_at_epoch_1(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupt_at_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(TINY, tmp_path, device="cpu", progress=False)
+    other = dataclasses.replace(TINY, seed=1)
+    checkpoint_path(tmp_path, other).write_bytes(checkpoint_path(tmp_path, TINY).read_bytes())
+    with pytest.raises(ValueError, match=r"different config \(seed: 0 != 1\)"):
+        run_experiment(other, tmp_path, device="cpu", progress=False)
+
+
+def test_run_sweep_needs_configs(tmp_path):
+    with pytest.raises(ValueError, match="configs is empty"):
+        run_sweep([], tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_results(tmp_path / "missing")
+
+
+def test_atomic_writes_leave_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "a.json"
+    experiments.write_json_atomic(target, {"x": 1})
+
+    def crash_while_writing() -> None:
+        with experiments.atomic_path(target) as tmp:
+            tmp.write_text("half-written")
+            raise RuntimeError("crash while writing")
+
+    with pytest.raises(RuntimeError, match="crash"):
+        crash_while_writing()
+    assert json.loads(target.read_text()) == {"x": 1}
+    assert _no_temp_files(tmp_path)
