@@ -97,28 +97,49 @@ def _paper_best_runs() -> list[RunConfig]:
     return runs
 
 
+def _cpu_config(
+    imbalance: int, seed: int, loss: str, beta: float, gamma: float | None
+) -> RunConfig:
+    """One Fashion-MNIST-LT run with the CPU study's model and schedule."""
+    return RunConfig(
+        "fashion_mnist",
+        imbalance,
+        loss,
+        beta,
+        gamma,
+        seed=seed,
+        depth=CPU_DEPTH,
+        base_width=CPU_BASE_WIDTH,
+        epochs=CPU_EPOCHS,
+        batch_size=CPU_BATCH_SIZE,
+        eval_every=CPU_EVAL_EVERY,
+    )
+
+
 def _cpu_runs(imbalances: Sequence[int], seeds: Sequence[int]) -> list[RunConfig]:
     """Fashion-MNIST-LT: softmax/sigmoid/focal(γ=1), plain and CB (β=0.9999), small ResNet."""
-    runs = []
-    for imbalance in imbalances:
-        for seed in seeds:
-            for loss, beta, gamma in _methods((CPU_BETA,), (CPU_GAMMA,)):
-                runs.append(
-                    RunConfig(
-                        "fashion_mnist",
-                        imbalance,
-                        loss,
-                        beta,
-                        gamma,
-                        seed=seed,
-                        depth=CPU_DEPTH,
-                        base_width=CPU_BASE_WIDTH,
-                        epochs=CPU_EPOCHS,
-                        batch_size=CPU_BATCH_SIZE,
-                        eval_every=CPU_EVAL_EVERY,
-                    )
-                )
-    return runs
+    return [
+        _cpu_config(imbalance, seed, *method)
+        for imbalance in imbalances
+        for seed in seeds
+        for method in _methods((CPU_BETA,), (CPU_GAMMA,))
+    ]
+
+
+def _cpu_sweep_runs() -> list[RunConfig]:
+    """β sweep (softmax, focal γ=1) and γ sweep (focal, plain and CB) at IF 100, seed 0."""
+    methods = [
+        (loss, beta, gamma)
+        for loss, gamma in (("softmax", None), ("focal", CPU_GAMMA))
+        for beta in (0.0, *PAPER_BETAS)
+    ]
+    methods += [
+        ("focal", beta, gamma)
+        for gamma in PAPER_GAMMAS
+        if gamma != CPU_GAMMA
+        for beta in (0.0, CPU_BETA)
+    ]
+    return [_cpu_config(100, 0, *method) for method in methods]
 
 
 def _smoke_runs() -> list[RunConfig]:
@@ -169,6 +190,14 @@ PRESETS: dict[str, Preset] = {
             "cpu-quick",
             "The 6 methods of 'cpu' at IF 100, seed 0 only (about 10 minutes on 2 CPU cores).",
             lambda: _cpu_runs((100,), (0,)),
+        ),
+        Preset(
+            "cpu-sweep",
+            f"Fashion-MNIST-LT IF 100, seed 0: β in 0/{'/'.join(map(str, PAPER_BETAS))} for "
+            f"softmax and focal (γ={CPU_GAMMA}), and focal γ in "
+            f"{'/'.join(map(str, PAPER_GAMMAS))} plain and CB (β={CPU_BETA}); the 'cpu' model "
+            "and schedule. Runs shared with 'cpu' are reused.",
+            _cpu_sweep_runs,
         ),
         Preset(
             "smoke",
