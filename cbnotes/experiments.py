@@ -597,6 +597,8 @@ def _result_record(
     device: Any,
 ) -> dict[str, Any]:
     """The JSON result of one finished run (epoch indices count from 0, as in the history)."""
+    from cbnotes.models import classifier_stats
+
     best_error, best_epoch = _best(trainer.history)
     seconds = state["train_seconds"]
     return {
@@ -609,6 +611,7 @@ def _result_record(
         "best_epoch": best_epoch,
         "best_top1_error_note": BEST_EPOCH_NOTE,
         "final_metrics": final,
+        "classifier": classifier_stats(trainer.model),
         "train_counts": counts,
         "history": list(trainer.history),
         "environment": environment(device),

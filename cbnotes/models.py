@@ -170,3 +170,12 @@ def init_head_for_loss(model: nn.Module, loss_type: str) -> nn.Module:
         with torch.no_grad():
             fc.bias.fill_(prior_bias(fc.out_features))
     return model
+
+
+def classifier_stats(model: nn.Module) -> dict[str, list[float]]:
+    """Per-class L2 norm of the head's weight rows and its bias (frequent classes grow larger)."""
+    fc = getattr(model, "_orig_mod", model).fc  # unwrap torch.compile
+    with torch.no_grad():
+        norms = fc.weight.detach().float().norm(dim=1).cpu().tolist()
+        bias = fc.bias.detach().float().cpu().tolist() if fc.bias is not None else []
+    return {"weight_norms": norms, "bias": bias}

@@ -152,7 +152,7 @@ def test_200_epochs_is_the_papers_recipe_and_labels_name_the_method():
 
 
 def test_presets_have_the_documented_sizes_and_unique_runs():
-    sizes = {"paper": 260, "paper-best": 70, "cpu": 36, "cpu-quick": 6, "smoke": 3}
+    sizes = {"paper": 260, "paper-best": 70, "cpu": 36, "cpu-quick": 6, "cpu-sweep": 14, "smoke": 3}
     assert {name: len(get_preset(name)) for name in PRESETS} == sizes
     for name in PRESETS:
         ids = [c.run_id for c in get_preset(name)]
@@ -160,6 +160,8 @@ def test_presets_have_the_documented_sizes_and_unique_runs():
     paper_ids = {c.run_id for c in get_preset("paper")}
     assert {c.run_id for c in get_preset("paper-best")} <= paper_ids
     assert {c.run_id for c in get_preset("cpu-quick")} <= {c.run_id for c in get_preset("cpu")}
+    sweep = {c.run_id for c in get_preset("cpu-sweep")}
+    assert len(sweep & {c.run_id for c in get_preset("cpu")}) == 4  # plain and CB, softmax + focal
     assert all(c.depth == CPU_DEPTH for c in get_preset("cpu"))
 
 
@@ -224,6 +226,7 @@ def test_a_result_records_the_headline_the_best_epoch_and_provenance(smoke_dir):
     assert len(record["history"]) == config.epochs
     assert record["train_counts"] == long_tailed_counts(200, 10, 100)
     assert len(record["final_metrics"]["per_class_accuracy"]) == 10
+    assert len(record["classifier"]["weight_norms"]) == 10
     for key in ("device", "torch", "torchvision", "cbnotes", "git_rev"):
         assert key in record["environment"]
     assert record["images_per_second"] > 0

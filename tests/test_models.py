@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cbnotes.losses import prior_bias
-from cbnotes.models import BasicBlock, init_head_for_loss, resnet_cifar
+from cbnotes.models import BasicBlock, classifier_stats, init_head_for_loss, resnet_cifar
 
 
 def _weighted_layers(model: nn.Module) -> int:
@@ -164,3 +164,14 @@ def test_init_head_rejects_unknown_loss_types_and_headless_models():
         init_head_for_loss(resnet_cifar(8, base_width=4), "hinge")
     with pytest.raises(ValueError, match="fc"):
         init_head_for_loss(nn.Sequential(nn.Linear(3, 3)), "sigmoid")
+
+
+def test_classifier_stats_reports_each_class_row_norm_and_bias():
+    model = resnet_cifar(depth=8, num_classes=3, base_width=4)
+    with torch.no_grad():
+        model.fc.weight.copy_(
+            torch.tensor([[3.0] + [0.0] * 15, [0.0, 4.0] + [0.0] * 14, [0.0] * 16])
+        )
+        model.fc.bias.copy_(torch.tensor([1.0, -2.0, 0.5]))
+    stats = classifier_stats(model)
+    assert stats == {"weight_norms": [3.0, 4.0, 0.0], "bias": [1.0, -2.0, 0.5]}
