@@ -132,6 +132,7 @@ def slides(path: Path, out_dir: Path) -> Path:
     from nbconvert import SlidesExporter
 
     nb = nbformat.read(path, as_version=4)
+    nb.cells = [cell for cell in nb.cells if slide_type(cell) != "skip"]
     for cell in nb.cells:
         cell.metadata["slideshow"] = {"slide_type": slide_type(cell)}
     exporter = SlidesExporter(reveal_scroll=True, exclude_input_prompt=True)
@@ -144,6 +145,18 @@ def slides(path: Path, out_dir: Path) -> Path:
     os.chmod(tmp, 0o644)
     os.replace(tmp, target)
     return target
+
+
+README = ROOT / "README.md"
+COLAB_PREFIX_RE = re.compile(r"https://colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/")
+GIT_URL_RE = re.compile(r"git\+https://github\.com/[\w.-]+/[\w.-]+")
+
+
+def sync_text(text: str) -> str:
+    """Point every Colab link and `git+` install URL in a text at the repository URL."""
+    slug = repository_url().removeprefix("https://github.com/")
+    text = COLAB_PREFIX_RE.sub(f"https://colab.research.google.com/github/{slug}/", text)
+    return GIT_URL_RE.sub(f"git+{repository_url()}", text)
 
 
 def problems(path: Path) -> list[str]:
@@ -162,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     paths = args.notebooks or sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
     failed = []
+    if not args.notebooks and args.command in ("sync", "check"):
+        readme = README.read_text(encoding="utf-8")
+        if sync_text(readme) != readme:
+            if args.command == "sync":
+                README.write_text(sync_text(readme), encoding="utf-8")
+            else:
+                failed.append(f"{README}: links differ from pyproject's repository URL (sync)")
     for path in paths:
         if args.command == "execute":
             print(f"{path}: executed in {execute(path):.0f} s", flush=True)

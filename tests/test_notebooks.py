@@ -110,3 +110,19 @@ def test_runs_in_smoke_mode_with_papermill(path, tmp_path):
     )
     executed = _read(out)
     assert executed.metadata["papermill"]["parameters"] == {"MODE": "smoke"}
+
+
+def test_slides_have_one_section_per_heading(tmp_path):
+    path = next(p for p in NOTEBOOKS if p.name.startswith("02_"))
+    html = nbtools.slides(path, tmp_path).read_text(encoding="utf-8")
+    headings = sum(nbtools.slide_type(c) == "slide" for c in _read(path).cells)
+    assert "reveal" in html
+    assert headings >= 5
+    assert html.count("<section") >= headings
+    assert "google.colab" not in html  # the Colab install cell is left out
+
+
+def test_readme_links_follow_the_repository_url():
+    text = nbtools.README.read_text(encoding="utf-8")
+    assert nbtools.sync_text(text) == text
+    assert nbtools.repository_url() in text
