@@ -1,0 +1,160 @@
+"""Reading a study for the notebooks: its finished runs, where they came from, CB vs plain.
+
+The notebooks 00, 04 and 05 show the same committed results; these helpers keep the reading of
+them in one place. Every error is a percentage, and the headline is the last-epoch top-1 error
+on the full balanced test set (Sec. 5), as in :mod:`cbnotes.experiments`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from cbnotes.experiments import GROUP_KEYS, SUMMARY_COLUMNS, RunConfig, load_results
+
+#: A class-balanced result "exceeds the seed noise" when |CB - plain| > NOISE_SE standard errors.
+NOISE_SE = 2.0
+#: Config fields that identify the plain run a class-balanced run is compared with (all but β).
+PAIR_KEYS: tuple[str, ...] = tuple(k for k in GROUP_KEYS if k not in ("label", "beta"))
+_EXTRA = ("per_class_accuracy", "train_counts")
+
+
+def empty_results() -> pd.DataFrame:
+    """A results frame with the columns of ``load_results`` and no rows."""
+    df = pd.DataFrame(columns=[*SUMMARY_COLUMNS, *_EXTRA])
+    for name in ("imbalance_factor", "beta", "gamma"):
+        df[name] = df[name].astype(float)
+    return df
+
+
+def results_for(configs: Iterable[RunConfig], out_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """The finished runs of ``configs`` in ``out_dir`` (rows of ``load_results``); none -> empty."""
+    ids = list(dict.fromkeys(c.run_id for c in configs))
+    if not ids:
+        raise ValueError("configs is empty: pass the RunConfigs of a preset (get_preset(name))")
+    try:
+        df = load_results(out_dir)
+    except FileNotFoundError:
+        return empty_results()
+    df = df[df["run_id"].isin(ids)]
+    order = {run_id: i for i, run_id in enumerate(ids)}
+    return df.sort_values("run_id", key=lambda s: s.map(order)).reset_index(drop=True)
+
+
+def provenance(df: pd.DataFrame) -> pd.DataFrame:
+    """Who made the results: runs per (git revision, dirty flag, device, torch), with dates."""
+    needed = ("run_id", "git_rev", "git_dirty", "device", "torch", "finished", "wall_seconds")
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise ValueError(f"df lacks columns {missing}; pass the output of load_results()")
+    keys = ["git_rev", "git_dirty", "device", "torch"]
+    out = (
+        df.assign(git_rev=df["git_rev"].fillna("unknown"), git_dirty=df["git_dirty"].fillna("?"))
+        .groupby(keys, dropna=False, sort=True)
+        .agg(
+            runs=("run_id", "size"),
+            first_finished=("finished", "min"),
+            last_finished=("finished", "max"),
+            wall_minutes=("wall_seconds", lambda s: float(np.nansum(s.astype(float))) / 60),
+        )
+        .reset_index()
+    )
+    return out
+
+
+def _verdict(diff: float, se: float, n_plain: int, n_cb: int) -> str:
+    """Whether a CB - plain difference exceeds NOISE_SE standard errors of the seed noise."""
+    if math.isnan(diff):
+        return "no value"
+    if n_plain < 2 or n_cb < 2 or math.isnan(se):
+        return "one seed: no noise estimate"
+    if abs(diff) <= NOISE_SE * se:
+        return "within seed noise"
+    return "CB better" if diff < 0 else "CB worse"
+
+
+def _paired_wins(plain: pd.DataFrame, cb: pd.DataFrame, metric: str) -> str:
+    """'k/m': in how many of the m seeds run with both losses CB has the lower ``metric``."""
+    both = pd.DataFrame(
+        {"plain": plain.set_index("seed")[metric], "cb": cb.set_index("seed")[metric]}
+    )
+    joined = both.astype(float).dropna()
+    return f"{int((joined['cb'] < joined['plain']).sum())}/{len(joined)}"
+
+
+def cb_vs_plain(df: pd.DataFrame, metric: str = "top1_error") -> pd.DataFrame:
+    """Each class-balanced setting beside its plain loss (same data, model, schedule; β = 0).
+
+    Columns: mean, std (ddof=1) and n over seeds for both, ``diff`` = CB - plain, ``se`` =
+    sqrt(s_plain²/n_plain + s_cb²/n_cb) (the standard error of the difference of the means),
+    ``cb_lower`` (in how many seeds run with both CB has the lower value, e.g. '3/3') and a
+    ``verdict``: 'CB better' / 'CB worse' when |diff| > NOISE_SE·se, else 'within seed noise'.
+    Lower is better for errors; pass an accuracy ``metric`` and read the signs the other way.
+    A CB setting without a plain partner in ``df`` is left out.
+    """
+    missing = [c for c in (*GROUP_KEYS, "seed", metric) if c not in df.columns]
+    if missing:
+        raise ValueError(f"df lacks columns {missing}; pass the output of load_results()")
+    columns = [
+        "dataset",
+        "imbalance_factor",
+        "loss",
+        "beta",
+        "plain_mean",
+        "plain_std",
+        "plain_n",
+        "cb_mean",
+        "cb_std",
+        "cb_n",
+        "diff",
+        "se",
+        "cb_lower",
+        "verdict",
+    ]
+    data = df.assign(_gamma=df["gamma"].astype(float).fillna(-1.0))
+    keys = [k if k != "gamma" else "_gamma" for k in PAIR_KEYS]
+    plain_groups = {
+        key: group for key, group in data[data["beta"] == 0].groupby(keys, dropna=False, sort=False)
+    }
+    rows = []
+    for key, cb in data[data["beta"] > 0].groupby([*keys, "beta"], dropna=False, sort=False):
+        plain = plain_groups.get(key[:-1])
+        if plain is None:
+            continue
+        p, c = plain[metric].astype(float), cb[metric].astype(float)
+        p_n, c_n = int(p.notna().sum()), int(c.notna().sum())
+        diff = float(c.mean() - p.mean())
+        se = math.sqrt(p.var(ddof=1) / p_n + c.var(ddof=1) / c_n) if min(p_n, c_n) > 1 else math.nan
+        rows.append(
+            {
+                "dataset": cb["dataset"].iloc[0],
+                "imbalance_factor": float(cb["imbalance_factor"].iloc[0]),
+                "loss": plain["label"].iloc[0],
+                "beta": float(cb["beta"].iloc[0]),
+                "plain_mean": float(p.mean()),
+                "plain_std": float(p.std(ddof=1)) if p_n > 1 else math.nan,
+                "plain_n": p_n,
+                "cb_mean": float(c.mean()),
+                "cb_std": float(c.std(ddof=1)) if c_n > 1 else math.nan,
+                "cb_n": c_n,
+                "diff": diff,
+                "se": se,
+                "cb_lower": _paired_wins(plain, cb, metric),
+                "verdict": _verdict(diff, se, p_n, c_n),
+            }
+        )
+    out = pd.DataFrame(rows, columns=columns)
+    if out.empty:
+        return out
+    order = {"softmax": 0, "sigmoid": 1, "focal": 2}
+    rank = out["loss"].map(lambda s: order.get(s.split(" ")[0], 9))
+    out = out.assign(_d=out["dataset"], _i=-out["imbalance_factor"], _l=rank)
+    return (
+        out.sort_values(["_d", "_i", "_l", "loss", "beta"], kind="stable")
+        .drop(columns=["_d", "_i", "_l"])
+        .reset_index(drop=True)
+    )
