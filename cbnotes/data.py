@@ -18,7 +18,6 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from cbnotes._files import atomic_path
 from cbnotes.imbalance import long_tailed_counts
 
 DATA_ENV = "CBNOTES_DATA"
@@ -284,20 +284,14 @@ def _fashion_mnist_missing(raw: Path, system: Path) -> str:
 
 def _gunzip_idx(source: Path, target: Path) -> None:
     """Decompress an idx ``.gz`` file to ``target`` atomically, checking its header and size."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, gzip.open(source, "rb") as src:
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as out, gzip.open(source, "rb") as src:
             try:
                 shutil.copyfileobj(src, out, length=1 << 20)
             except (EOFError, gzip.BadGzipFile) as err:
                 msg = f"{source} is not a valid gzip file ({err}); reinstall it"
                 raise ValueError(msg) from err
-        _check_idx(Path(tmp), source)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        _check_idx(tmp, source)
 
 
 def _check_idx(path: Path, source: Path) -> None:

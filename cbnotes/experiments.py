@@ -27,14 +27,15 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from cbnotes._files import atomic_path
 
 #: Label of the best-epoch numbers wherever they are stored or shown.
 BEST_EPOCH_NOTE = "best-epoch, selected on the test set, for comparison with later papers only"
@@ -228,21 +229,6 @@ class RunConfig:
 # ----------------------------------------------------------------------------- file helpers
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, target)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
@@ -342,8 +328,29 @@ def git_revision() -> dict[str, Any]:
     return {"git_rev": rev.stdout.strip(), "git_dirty": dirty}
 
 
+def cpu_description() -> dict[str, str | None]:
+    """The CPU's model name and the vector ISA torch's CPU kernels use (e.g. "AVX2", "AVX512").
+
+    Results on the CPU are bit-identical on one machine, but kernels for another ISA round
+    differently, and training amplifies that: record both to tell such runs apart.
+    """
+    import torch
+
+    model = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    try:
+        capability: str | None = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        capability = None
+    return {"cpu_model": model or platform.processor() or None, "cpu_capability": capability}
+
+
 def environment(device: Any) -> dict[str, Any]:
-    """Versions, device and git revision, stored with every result."""
+    """Versions, device, CPU and git revision, stored with every result."""
     import torch
 
     import cbnotes
@@ -361,6 +368,7 @@ def environment(device: Any) -> dict[str, Any]:
         "torchvision": tv_version,
         "cbnotes": cbnotes.__version__,
         "python": platform.python_version(),
+        **cpu_description(),
         **git_revision(),
     }
 

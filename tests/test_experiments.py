@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from cbnotes import experiments
 from cbnotes.experiments import (
@@ -152,7 +154,7 @@ def test_200_epochs_is_the_papers_recipe_and_labels_name_the_method():
 
 
 def test_presets_have_the_documented_sizes_and_unique_runs():
-    sizes = {"paper": 260, "paper-best": 70, "cpu": 36, "cpu-quick": 6, "cpu-sweep": 14, "smoke": 3}
+    sizes = {"paper": 260, "paper-best": 70, "cpu": 36, "cpu-quick": 4, "cpu-sweep": 14, "smoke": 3}
     assert {name: len(get_preset(name)) for name in PRESETS} == sizes
     for name in PRESETS:
         ids = [c.run_id for c in get_preset(name)]
@@ -161,7 +163,8 @@ def test_presets_have_the_documented_sizes_and_unique_runs():
     assert {c.run_id for c in get_preset("paper-best")} <= paper_ids
     assert {c.run_id for c in get_preset("cpu-quick")} <= {c.run_id for c in get_preset("cpu")}
     sweep = {c.run_id for c in get_preset("cpu-sweep")}
-    assert len(sweep & {c.run_id for c in get_preset("cpu")}) == 4  # plain and CB, softmax + focal
+    shared = sweep & {c.run_id for c in get_preset("cpu")}
+    assert shared == {c.run_id for c in get_preset("cpu-quick")}  # plain and CB, softmax + focal
     assert all(c.depth == CPU_DEPTH for c in get_preset("cpu"))
 
 
@@ -184,7 +187,7 @@ def test_filters_select_and_reject_values_no_run_has():
         filter_configs(cpu, imbalance_factor=7)
     with pytest.raises(ValueError, match="unknown preset"):
         get_preset("papr")
-    assert len(with_seeds(get_preset("cpu-quick"), [0, 1, 2, 3])) == 24
+    assert len(with_seeds(get_preset("cpu-quick"), [0, 1, 2, 3])) == 16
     assert {c.epochs for c in with_overrides(cpu, epochs=3)} == {3}
 
 
@@ -227,8 +230,9 @@ def test_a_result_records_the_headline_the_best_epoch_and_provenance(smoke_dir):
     assert record["train_counts"] == long_tailed_counts(200, 10, 100)
     assert len(record["final_metrics"]["per_class_accuracy"]) == 10
     assert len(record["classifier"]["weight_norms"]) == 10
-    for key in ("device", "torch", "torchvision", "cbnotes", "git_rev"):
+    for key in ("device", "torch", "torchvision", "cbnotes", "git_rev", "cpu_capability"):
         assert key in record["environment"]
+    assert record["environment"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert record["images_per_second"] > 0
     assert run_status(config, out) == "finished"
 
@@ -342,3 +346,13 @@ def test_atomic_writes_leave_the_old_file_when_writing_fails(tmp_path):
         crash_while_writing()
     assert json.loads(target.read_text()) == {"x": 1}
     assert _no_temp_files(tmp_path)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_writes_give_an_ordinary_files_permissions_not_mkstemps_0600(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        experiments.write_json_atomic(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~umask
