@@ -158,3 +158,76 @@ def cb_vs_plain(df: pd.DataFrame, metric: str = "top1_error") -> pd.DataFrame:
         .drop(columns=["_d", "_i", "_l"])
         .reset_index(drop=True)
     )
+
+
+_DATASET_NAMES = {
+    "cifar10": "CIFAR-10-LT",
+    "cifar100": "CIFAR-100-LT",
+    "fashion_mnist": "Fashion-MNIST-LT",
+    "synthetic": "synthetic",
+}
+
+
+def _mean_std(mean: float, std: float) -> str:
+    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def cb_vs_plain_markdown(table: pd.DataFrame) -> str:
+    """The rows of :func:`cb_vs_plain` as a GitHub Markdown table (one line per row)."""
+    missing = [c for c in ("plain_mean", "cb_mean", "diff", "se", "verdict") if c not in table]
+    if missing:
+        raise ValueError(f"table lacks columns {missing}; pass the output of cb_vs_plain()")
+    if table.empty:
+        raise ValueError("table has no rows: no class-balanced run has a plain partner")
+    lines = [
+        "| data | IF | loss | plain | class-balanced (β) | CB − plain ± SE | CB lower in "
+        "| verdict |",
+        "|---|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for row in table.itertuples(index=False):
+        diff = f"{row.diff:+.2f}" + ("" if math.isnan(row.se) else f" ± {row.se:.2f}")
+        lines.append(
+            f"| {_DATASET_NAMES.get(row.dataset, row.dataset)} | {row.imbalance_factor:g} "
+            f"| {row.loss} | {_mean_std(row.plain_mean, row.plain_std)} "
+            f"| {_mean_std(row.cb_mean, row.cb_std)} ({row.beta:g}) | {diff} "
+            f"| {row.cb_lower} seeds | {row.verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def provenance_text(df: pd.DataFrame) -> str:
+    """One sentence per (revision, device, torch) group of :func:`provenance`."""
+    sentences = []
+    for row in provenance(df).itertuples(index=False):
+        rev = str(row.git_rev)[:7]
+        state = {True: "with uncommitted changes", False: "clean"}.get(row.git_dirty, "state ?")
+        first, last = str(row.first_finished)[:10], str(row.last_finished)[:10]
+        dates = first if first == last else f"{first} to {last}"
+        sentences.append(
+            f"{row.runs} runs at git revision {rev} ({state}) on {row.device}, "
+            f"torch {row.torch}, finished {dates}, {row.wall_minutes:.0f} min of training."
+        )
+    return " ".join(sentences)
+
+
+def summary_markdown(out_dir: str | os.PathLike[str], preset: str) -> str:
+    """Markdown: CB vs plain for the finished runs of ``preset`` in ``out_dir``, and provenance.
+
+    This is what ``python -m cbnotes summary --markdown`` prints and what the README shows.
+    """
+    from cbnotes.presets import get_preset
+
+    df = results_for(get_preset(preset), out_dir)
+    if df.empty:
+        raise ValueError(
+            f"no finished runs of preset {preset!r} in {out_dir}; "
+            f"run `python -m cbnotes run --preset {preset} --out {out_dir}` first"
+        )
+    table = cb_vs_plain_markdown(cb_vs_plain(df))
+    seeds = int(df["seed"].nunique())
+    note = (
+        f"Top-1 error (%) on the balanced test set after the last epoch, mean ± std over "
+        f"{seeds} seed(s); SE is the standard error of the difference of the means; the verdict "
+        f"needs |CB − plain| > {NOISE_SE:g} SE. Preset `{preset}`: {provenance_text(df)}"
+    )
+    return f"{table}\n\n{note}"

@@ -166,6 +166,7 @@ def plot_results(df: pd.DataFrame, path: str | os.PathLike[str] | None = None) -
     facets = _facets(df)
     fig = Figure(figsize=(4.2 * len(facets), 4.2), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(facets), squeeze=False)[0])
+    legend: dict[str, Any] = {}
     for ax, (dataset, imbalance) in zip(axes, facets, strict=True):
         part = sort_methods(
             df[(df["dataset"] == dataset) & (df["imbalance_factor"] == imbalance)].copy()
@@ -202,7 +203,11 @@ def plot_results(df: pd.DataFrame, path: str | os.PathLike[str] | None = None) -
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")
         if ax.get_legend() is not None:
-            ax.get_legend().set_title("")
+            handles, labels = ax.get_legend_handles_labels()
+            legend.update(zip(labels, handles, strict=True))
+            ax.get_legend().remove()
+    # One legend for all panels, above them, so that it never hides a seed's dot.
+    fig.legend(legend.values(), legend.keys(), loc="outside upper center", ncols=len(legend))
     if path is not None:
         save_figure(fig, path)
     return fig
@@ -220,6 +225,7 @@ def plot_per_class(df: pd.DataFrame, path: str | os.PathLike[str] | None = None)
     facets = _facets(df)
     fig = Figure(figsize=(5.5 * len(facets), 4.2), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(facets), squeeze=False)[0])
+    legend: dict[str, Any] = {}
     for ax, (dataset, imbalance) in zip(axes, facets, strict=True):
         part = sort_methods(
             df[(df["dataset"] == dataset) & (df["imbalance_factor"] == imbalance)].copy()
@@ -245,7 +251,12 @@ def plot_per_class(df: pd.DataFrame, path: str | os.PathLike[str] | None = None)
         ax.set_xlabel("class index (most → fewest training images)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_ylim(0, 100)
-        ax.legend(fontsize="small", loc="lower left")
+        handles, labels = ax.get_legend_handles_labels()
+        legend.update(zip(labels, handles, strict=True))
+    # Below the panels, so that no curve or bar is hidden (n = seeds averaged per curve).
+    fig.legend(
+        legend.values(), legend.keys(), loc="outside lower center", ncols=3, fontsize="small"
+    )
     if path is not None:
         save_figure(fig, path)
     return fig

@@ -8,7 +8,10 @@ Usage (from the repository root; with no notebook given, every numbered notebook
     python scripts/notebooks.py slides [NOTEBOOK ...]    # reveal.js slides into ./slides
 
 The public repository URL lives in one place, ``[project.urls] Repository`` in pyproject.toml;
-``sync`` rewrites every notebook's Colab badge and Colab install cell from it.
+``sync`` rewrites every notebook's Colab badge and Colab install cell from it. Run without
+notebooks, ``sync`` also rewrites the README's links and its results block (from the committed
+study in results/, via ``cbnotes.analysis.summary_markdown``), and ``check`` fails if either
+is stale.
 """
 
 from __future__ import annotations
@@ -104,11 +107,21 @@ def execute(path: Path, timeout: int = 3600) -> float:
 
     nb = nbformat.read(path, as_version=4)
     sync(nb, path)
+    # The kernel inherits the environment: a non-interactive MPLBACKEND (e.g. Agg, as set by
+    # scripts/test.sh) would replace the inline backend and leave the saved notebook without
+    # figures, so the kernel runs without it.
+    backend = os.environ.pop("MPLBACKEND", None)
     start = time.perf_counter()
-    ExecutePreprocessor(timeout=timeout, kernel_name="python3").preprocess(
-        nb, {"metadata": {"path": str(path.parent)}}
-    )
+    try:
+        ExecutePreprocessor(timeout=timeout, kernel_name="python3").preprocess(
+            nb, {"metadata": {"path": str(path.parent)}}
+        )
+    finally:
+        if backend is not None:
+            os.environ["MPLBACKEND"] = backend
     seconds = time.perf_counter() - start
+    if not any(o.get("data", {}).get("image/png") for c in nb.cells for o in c.get("outputs", [])):
+        raise RuntimeError(f"{path}: executed without any figure output; not saved")
     write_atomic(clean(nb), path)
     return seconds
 
@@ -152,11 +165,31 @@ COLAB_PREFIX_RE = re.compile(r"https://colab\.research\.google\.com/github/[\w.-
 GIT_URL_RE = re.compile(r"git\+https://github\.com/[\w.-]+/[\w.-]+")
 
 
+RESULTS_DIR, RESULTS_PRESET = "results/cpu-study", "cpu"
+RESULTS_BEGIN = (
+    f"<!-- results: written by `python -m cbnotes summary --out {RESULTS_DIR} "
+    f"--preset {RESULTS_PRESET} --markdown` (scripts/notebooks.py sync); do not edit -->"
+)
+RESULTS_END = "<!-- end of results -->"
+
+
+def results_block() -> str:
+    """The README's results block, computed from the committed study."""
+    from cbnotes.analysis import summary_markdown
+
+    body = summary_markdown(ROOT / RESULTS_DIR, RESULTS_PRESET)
+    return f"{RESULTS_BEGIN}\n{body}\n{RESULTS_END}"
+
+
 def sync_text(text: str) -> str:
-    """Point every Colab link and `git+` install URL in a text at the repository URL."""
+    """Point every Colab link and `git+` install URL at the repository URL; refresh results."""
     slug = repository_url().removeprefix("https://github.com/")
     text = COLAB_PREFIX_RE.sub(f"https://colab.research.google.com/github/{slug}/", text)
-    return GIT_URL_RE.sub(f"git+{repository_url()}", text)
+    text = GIT_URL_RE.sub(f"git+{repository_url()}", text)
+    begin, end = text.find(RESULTS_BEGIN), text.find(RESULTS_END)
+    if begin < 0 or end < begin:
+        raise SystemExit(f"{README}: the results block markers are missing:\n{RESULTS_BEGIN}")
+    return text[:begin] + results_block() + text[end + len(RESULTS_END) :]
 
 
 def problems(path: Path) -> list[str]:
@@ -181,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "sync":
                 README.write_text(sync_text(readme), encoding="utf-8")
             else:
-                failed.append(f"{README}: links differ from pyproject's repository URL (sync)")
+                failed.append(f"{README}: links or results block are stale (run `sync`)")
     for path in paths:
         if args.command == "execute":
             print(f"{path}: executed in {execute(path):.0f} s", flush=True)

@@ -9,7 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cbnotes.analysis import NOISE_SE, cb_vs_plain, provenance, results_for
+from cbnotes.analysis import (
+    NOISE_SE,
+    cb_vs_plain,
+    cb_vs_plain_markdown,
+    provenance,
+    provenance_text,
+    results_for,
+    summary_markdown,
+)
 from cbnotes.experiments import SUMMARY_COLUMNS, RunConfig, result_path, summary_row
 
 
@@ -159,3 +167,55 @@ def test_provenance_counts_runs_per_revision_and_device(tmp_path):
     assert list(table["wall_minutes"]) == pytest.approx([4.0, 2.0])
     assert table["device"].unique().tolist() == ["cpu (test)"]
     assert table["last_finished"].iloc[1] == "2026-01-03T00:00:00+00:00"
+
+
+def test_the_markdown_table_has_one_row_per_comparison_with_the_numbers_of_cb_vs_plain():
+    pairs = _study() + [(_config(seed=s, imbalance=10), 13.0 + s) for s in range(3)]
+    pairs += [(_config(beta=0.9999, seed=s, imbalance=10), 13.5 + s) for s in range(3)]
+    table = cb_vs_plain(_frame(pairs))
+    lines = cb_vs_plain_markdown(table).splitlines()
+    assert len(lines) == 2 + len(table) == 4
+    assert all(line.startswith("|") and line.endswith("|") for line in lines)
+    assert len({line.count("|") for line in lines}) == 1  # every row has every column
+    first = lines[2]
+    assert f"| {np.mean(PLAIN):.2f} ± {np.std(PLAIN, ddof=1):.2f} |" in first
+    assert f"| {np.mean(CB):.2f} ± {np.std(CB, ddof=1):.2f} (0.9999) |" in first
+    assert first.startswith("| Fashion-MNIST-LT | 100 | softmax |")
+    assert first.endswith("| 3/3 seeds | CB better |")
+    assert "| +0.50 ± " in lines[3]
+    assert lines[3].endswith("| 0/3 seeds | within seed noise |")
+
+
+def test_the_markdown_table_refuses_an_empty_or_foreign_table():
+    with pytest.raises(ValueError, match="no rows"):
+        cb_vs_plain_markdown(cb_vs_plain(_frame([(_config(), 25.0)])))
+    with pytest.raises(ValueError, match="cb_vs_plain"):
+        cb_vs_plain_markdown(pd.DataFrame({"x": [1]}))
+
+
+def test_provenance_text_names_revision_device_and_dates(tmp_path):
+    pairs = _study()
+    _write(tmp_path, pairs)
+    text = provenance_text(results_for([c for c, _ in pairs], tmp_path))
+    assert text == (
+        "6 runs at git revision aaaaaaa (clean) on cpu (test), torch 2.x, "
+        "finished 2026-01-01 to 2026-01-03, 6 min of training."
+    )
+
+
+def test_summary_markdown_reads_a_preset_and_says_how_to_make_missing_runs(tmp_path):
+    from cbnotes.presets import get_preset
+
+    with pytest.raises(ValueError, match="python -m cbnotes run --preset smoke"):
+        summary_markdown(tmp_path, "smoke")
+    configs = get_preset("smoke")
+    plain = [c for c in configs if c.beta == 0 and c.loss_type == "softmax"]
+    cb = [c for c in configs if c.beta > 0 and c.loss_type == "softmax"]
+    assert plain
+    assert cb
+    _write(tmp_path, [(c, 30.0) for c in plain] + [(c, 20.0) for c in cb])
+    text = summary_markdown(tmp_path, "smoke")
+    assert text.startswith("| data | IF | loss |")
+    assert "| -10.00" in text
+    assert "Preset `smoke`: " in text
+    assert "git revision aaaaaaa" in text

@@ -100,6 +100,19 @@ def test_smoke_preset_end_to_end(tmp_path, capsys):
     assert main(["compare", "--out", str(out)]) == 0
     assert "not in the paper" in capsys.readouterr().out
 
+    assert main(["summary", "--out", str(out), "--preset", "smoke"]) == 0
+    printed = capsys.readouterr().out
+    assert "verdict" in printed
+    assert "runs at git revision" in printed
+    assert main(["summary", "--out", str(out), "--preset", "smoke", "--markdown"]) == 0
+    assert capsys.readouterr().out.startswith("| data | IF | loss |")
+    assert main(["summary", "--out", str(out), "--preset", "cpu-quick"]) == 2
+    assert "no finished runs of preset 'cpu-quick'" in capsys.readouterr().err
+
+    assert main(["figures", "--out", str(out), "--preset", "cpu-quick"]) == 2
+    assert "no finished runs" in capsys.readouterr().err
+    assert main(["figures", "--out", str(out), "--preset", "smoke"]) == 0
+    capsys.readouterr()
     assert main(["figures", "--out", str(out)]) == 0
     paths = capsys.readouterr().out.split()
     assert sorted(p.rsplit("/", 1)[-1] for p in paths) == ["per_class.png", "results.png"]

@@ -39,3 +39,13 @@ def test_the_two_commands_exist():
         assert command in text
         assert (root / command.split()[1]).is_file()
     assert "bash scripts/test.sh" in (root / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_the_results_block_is_what_the_committed_study_gives_now():
+    import notebooks as nbtools  # scripts/, importable through conftest.py
+
+    block = nbtools.results_block()
+    assert block.count("\n| Fashion-MNIST-LT |") == 6
+    assert block in README.read_text(encoding="utf-8"), "README is stale: notebooks.py sync"
+    figure = re.search(r"!\[[^]]*\]\((results/[^)]+\.png)\)", README.read_text(encoding="utf-8"))
+    assert (README.parent / figure.group(1)).is_file()
