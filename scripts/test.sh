@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/get_data.sh  # real Fashion-MNIST for the one test that reads it (else skipped)
 export MPLBACKEND=Agg PYTHONHASHSEED=0
 .venv/bin/ruff check .
 .venv/bin/ruff format --check cbnotes tests benchmarks scripts

@@ -69,6 +69,15 @@ class TestHygiene:
         (cell,) = _tagged(_read(path), "parameters")
         assert re.search(r'^MODE = "auto"', cell.source, re.MULTILINE)
 
+    def test_papermill_sees_every_parameter_with_its_default(self, path):
+        import papermill
+
+        (cell,) = _tagged(_read(path), "parameters")
+        names = re.findall(r"^(\w+) = ", cell.source, re.MULTILINE)
+        inferred = papermill.inspect_notebook(str(path))
+        assert list(inferred) == names  # a "=" in a comment hides a parameter from papermill
+        assert inferred["MODE"]["default"] == '"auto"'
+
     def test_closes_with_summary_questions_exercises_references(self, path):
         headings = [
             line
