@@ -3,8 +3,10 @@
 Each sample with label ``y`` is weighted by ``α_y = 1/E_{n_y}`` normalized to sum to C
 (:func:`cbnotes.effective.class_balanced_weights`). The reductions match the authors' code:
 
-- softmax: ``(1/B) Σ_b α_{y_b} CE_b``. This is *not* ``F.cross_entropy(weight=α)``, which
-  divides by ``Σ_b α_{y_b}`` instead of ``B``.
+- softmax: ``(1/B) Σ_b α_{y_b} CE_b``. This is *not* ``F.cross_entropy(weight=α)``, whose
+  default "mean" reduction divides by ``Σ_b α_{y_b}`` instead of ``B``; it is
+  ``F.cross_entropy(weight=α, reduction="sum") / B``, which is how it is computed (one fused
+  kernel, faster than weighting the per-sample losses).
 - sigmoid and focal: the ``B × C`` one-vs-all terms, each scaled by the ``α_y`` of its sample,
   summed and divided by ``B``.
 
@@ -128,10 +130,11 @@ def _weighted_loss(
     with torch.autocast(device_type=logits.device.type, enabled=False):
         z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
         labels = labels.long()  # int32/uint8 labels are fine; no-op for int64
-        alpha = weights.to(device=z.device, dtype=z.dtype)[labels]
+        weights = weights.to(device=z.device, dtype=z.dtype)
         batch = z.shape[0]
-        if loss_type == "softmax":
-            return (alpha * F.cross_entropy(z, labels, reduction="none")).sum() / batch
+        if loss_type == "softmax":  # Σ_b α_{y_b} CE_b / B (not the weighted mean)
+            return F.cross_entropy(z, labels, weight=weights, reduction="sum") / batch
+        alpha = weights[labels]
         targets = F.one_hot(labels, z.shape[1]).to(z.dtype)
         terms = F.binary_cross_entropy_with_logits(z, targets, reduction="none")
         if loss_type == "focal" and gamma != 0.0:
