@@ -10,7 +10,7 @@ if [ -d "$FMNIST_DEB_DIR" ]; then
 fi
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     echo "Installing Fashion-MNIST from Debian (package dataset-fashion-mnist) ..."
-    if { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; }; then
+    if { timeout 300 apt-get update -qq && timeout 300 apt-get install -y -qq dataset-fashion-mnist >/dev/null; }; then
         exit 0
     fi
 fi
