@@ -20,12 +20,13 @@ import argparse
 import os
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import nbformat
 import tomllib
+
+from cbnotes._files import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -90,15 +91,8 @@ def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
 def write_atomic(nb: nbformat.NotebookNode, path: Path) -> None:
     """Validate and write a notebook without ever leaving a half-written file."""
     nbformat.validate(nb)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            nbformat.write(nb, f)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        nbformat.write(nb, f)
 
 
 def execute(path: Path, timeout: int = 3600) -> float:
@@ -150,13 +144,9 @@ def slides(path: Path, out_dir: Path) -> Path:
         cell.metadata["slideshow"] = {"slide_type": slide_type(cell)}
     exporter = SlidesExporter(reveal_scroll=True, exclude_input_prompt=True)
     body, _ = exporter.from_notebook_node(nb)
-    out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{path.stem}.slides.html"
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{target.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(body)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        tmp.write_text(body, encoding="utf-8")
     return target
 
 
@@ -212,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         readme = README.read_text(encoding="utf-8")
         if sync_text(readme) != readme:
             if args.command == "sync":
-                README.write_text(sync_text(readme), encoding="utf-8")
+                with atomic_path(README) as tmp:
+                    tmp.write_text(sync_text(readme), encoding="utf-8")
             else:
                 failed.append(f"{README}: links or results block are stale (run `sync`)")
     for path in paths:
