@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from cbnotes.data import dataset_title
 from cbnotes.experiments import GROUP_KEYS, SUMMARY_COLUMNS, RunConfig, load_results
 
 #: A class-balanced result "exceeds the seed noise" when |CB - plain| > NOISE_SE standard errors.
@@ -160,14 +161,6 @@ def cb_vs_plain(df: pd.DataFrame, metric: str = "top1_error") -> pd.DataFrame:
     )
 
 
-_DATASET_NAMES = {
-    "cifar10": "CIFAR-10-LT",
-    "cifar100": "CIFAR-100-LT",
-    "fashion_mnist": "Fashion-MNIST-LT",
-    "synthetic": "synthetic",
-}
-
-
 def _mean_std(mean: float, std: float) -> str:
     return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
@@ -187,7 +180,7 @@ def cb_vs_plain_markdown(table: pd.DataFrame) -> str:
     for row in table.itertuples(index=False):
         diff = f"{row.diff:+.2f}" + ("" if math.isnan(row.se) else f" ± {row.se:.2f}")
         lines.append(
-            f"| {_DATASET_NAMES.get(row.dataset, row.dataset)} | {row.imbalance_factor:g} "
+            f"| {dataset_title(row.dataset)} | {row.imbalance_factor:g} "
             f"| {row.loss} | {_mean_std(row.plain_mean, row.plain_std)} "
             f"| {_mean_std(row.cb_mean, row.cb_std)} ({row.beta:g}) | {diff} "
             f"| {row.cb_lower} seeds | {row.verdict} |"

@@ -107,14 +107,23 @@ class DatasetSpec:
     image_shape: tuple[int, int, int]
     test_per_class: int
     source: str
+    title: str  # how tables and figures name the long-tailed training set
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "cifar10": DatasetSpec("cifar10", 10, 5000, (3, 32, 32), 1000, "CIFAR10"),
-    "cifar100": DatasetSpec("cifar100", 100, 500, (3, 32, 32), 100, "CIFAR100"),
-    "fashion_mnist": DatasetSpec("fashion_mnist", 10, 6000, (1, 28, 28), 1000, "FashionMNIST"),
-    "synthetic": DatasetSpec("synthetic", 10, 200, (3, 16, 16), 50, "generated"),
+    "cifar10": DatasetSpec("cifar10", 10, 5000, (3, 32, 32), 1000, "CIFAR10", "CIFAR-10-LT"),
+    "cifar100": DatasetSpec("cifar100", 100, 500, (3, 32, 32), 100, "CIFAR100", "CIFAR-100-LT"),
+    "fashion_mnist": DatasetSpec(
+        "fashion_mnist", 10, 6000, (1, 28, 28), 1000, "FashionMNIST", "Fashion-MNIST-LT"
+    ),
+    "synthetic": DatasetSpec("synthetic", 10, 200, (3, 16, 16), 50, "generated", "synthetic-LT"),
 }
+
+
+def dataset_title(name: str) -> str:
+    """Display name of a dataset ("fashion_mnist" -> "Fashion-MNIST-LT"); unknown names as given."""
+    spec = DATASETS.get(name)
+    return spec.title if spec is not None else name
 
 
 def resolve_root(root: str | os.PathLike[str] | None = None) -> Path:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from cbnotes.data import dataset_title
 from cbnotes.experiments import GROUP_KEYS, aggregate, atomic_path, sort_methods
 from cbnotes.paper import paper_table2
 
@@ -186,17 +187,10 @@ def plot_results(df: pd.DataFrame, path: str | os.PathLike[str] | None = None) -
             ax=ax,
             alpha=0.8,
         )
-        sns.stripplot(
-            data=part,
-            x="label",
-            y="top1_error",
-            order=order,
-            color="black",
-            size=4,
-            jitter=0.15,
-            ax=ax,
+        sns.swarmplot(  # deterministic dot positions (a strip plot's jitter is random)
+            data=part, x="label", y="top1_error", order=order, color="black", size=4, ax=ax
         )
-        ax.set_title(f"{dataset}, imbalance factor {imbalance:g}")
+        ax.set_title(f"{dataset_title(dataset)}, imbalance factor {imbalance:g}")
         ax.set_xlabel("")
         ax.set_ylabel("top-1 error (%, last epoch)")
         ax.tick_params(axis="x", labelrotation=60)
@@ -247,7 +241,7 @@ def plot_per_class(df: pd.DataFrame, path: str | os.PathLike[str] | None = None)
                 linestyle="-" if cb else "--",
                 label=f"{label} (n={len(runs)})",
             )
-        ax.set_title(f"{dataset}, imbalance factor {imbalance:g}")
+        ax.set_title(f"{dataset_title(dataset)}, imbalance factor {imbalance:g}")
         ax.set_xlabel("class index (most → fewest training images)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_ylim(0, 100)

@@ -21,6 +21,7 @@ from cbnotes import data as cbdata
 from cbnotes.data import (
     DATASETS,
     ImageSet,
+    dataset_title,
     load_dataset,
     long_tailed_indices,
     resolve_root,
@@ -339,3 +340,10 @@ def test_imageset_is_immutable():
     s = ImageSet(torch.zeros(1, 1, 1, 1, dtype=torch.uint8), torch.tensor([0]), ("a",))
     with pytest.raises(AttributeError):
         s.classes = ("b",)  # type: ignore[misc]
+
+
+def test_every_dataset_has_a_long_tailed_display_title():
+    assert dataset_title("fashion_mnist") == "Fashion-MNIST-LT"
+    assert dataset_title("cifar100") == "CIFAR-100-LT"
+    assert all(spec.title.endswith("-LT") for spec in DATASETS.values())
+    assert dataset_title("my_data") == "my_data"  # unknown names are shown as given
