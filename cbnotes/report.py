@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from cbnotes.data import dataset_title
@@ -159,6 +161,22 @@ def _check_rows(df: pd.DataFrame, columns: tuple[str, ...]) -> None:
         raise ValueError("df has no finished runs; run a preset first (cbnotes run --preset ...)")
 
 
+def _figure_legend(fig: Figure, axes: Iterable[Axes], **kwargs: Any) -> None:
+    """One legend for all panels (first handle per label), placed outside them; removes theirs."""
+    legend: dict[str, Any] = {}
+    for ax in axes:
+        handles, labels = ax.get_legend_handles_labels()
+        legend.update(
+            (label, handle)
+            for handle, label in zip(handles, labels, strict=True)
+            if label not in legend
+        )
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    kwargs.setdefault("ncols", len(legend))  # one row unless the caller wraps it
+    fig.legend(legend.values(), legend.keys(), **kwargs)
+
+
 def plot_results(df: pd.DataFrame, path: str | os.PathLike[str] | None = None) -> Figure:
     """Top-1 error per method (bar = mean over seeds, dots = seeds), one panel per (dataset, IF)."""
     import seaborn as sns
@@ -167,7 +185,6 @@ def plot_results(df: pd.DataFrame, path: str | os.PathLike[str] | None = None) -
     facets = _facets(df)
     fig = Figure(figsize=(4.2 * len(facets), 4.2), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(facets), squeeze=False)[0])
-    legend: dict[str, Any] = {}
     for ax, (dataset, imbalance) in zip(axes, facets, strict=True):
         part = sort_methods(
             df[(df["dataset"] == dataset) & (df["imbalance_factor"] == imbalance)].copy()
@@ -196,12 +213,8 @@ def plot_results(df: pd.DataFrame, path: str | os.PathLike[str] | None = None) -
         ax.tick_params(axis="x", labelrotation=60)
         for label in ax.get_xticklabels():
             label.set_horizontalalignment("right")
-        if ax.get_legend() is not None:
-            handles, labels = ax.get_legend_handles_labels()
-            legend.update(zip(labels, handles, strict=True))
-            ax.get_legend().remove()
-    # One legend for all panels, above them, so that it never hides a seed's dot.
-    fig.legend(legend.values(), legend.keys(), loc="outside upper center", ncols=len(legend))
+    # Above the panels, so that it never hides a seed's dot.
+    _figure_legend(fig, axes, loc="outside upper center")
     if path is not None:
         save_figure(fig, path)
     return fig
@@ -219,7 +232,6 @@ def plot_per_class(df: pd.DataFrame, path: str | os.PathLike[str] | None = None)
     facets = _facets(df)
     fig = Figure(figsize=(5.5 * len(facets), 4.2), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(facets), squeeze=False)[0])
-    legend: dict[str, Any] = {}
     for ax, (dataset, imbalance) in zip(axes, facets, strict=True):
         part = sort_methods(
             df[(df["dataset"] == dataset) & (df["imbalance_factor"] == imbalance)].copy()
@@ -245,12 +257,8 @@ def plot_per_class(df: pd.DataFrame, path: str | os.PathLike[str] | None = None)
         ax.set_xlabel("class index (most → fewest training images)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_ylim(0, 100)
-        handles, labels = ax.get_legend_handles_labels()
-        legend.update(zip(labels, handles, strict=True))
     # Below the panels, so that no curve or bar is hidden (n = seeds averaged per curve).
-    fig.legend(
-        legend.values(), legend.keys(), loc="outside lower center", ncols=3, fontsize="small"
-    )
+    _figure_legend(fig, axes, loc="outside lower center", ncols=3, fontsize="small")
     if path is not None:
         save_figure(fig, path)
     return fig
