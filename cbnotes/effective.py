@@ -6,6 +6,10 @@ for ``β = 0`` (every sample after the first adds nothing) and tends to ``n`` as
 
 ``1 - β^n`` is computed as ``-expm1(n · log β)`` with ``log β = log1p(β - 1)``, which keeps full
 precision for ``β`` within 1e-7 of 1 and counts up to 1e7, where ``1 - β**n`` loses most digits.
+
+:func:`class_weights` also gives the baselines the paper compares against (Sec. 3.1): no
+re-weighting, inverse frequency ``1/n`` and its square root ``1/sqrt(n)``, all normalized the
+same way (to sum to C).
 """
 
 from __future__ import annotations
@@ -18,9 +22,19 @@ from typing import overload
 import numpy as np
 import torch
 
-__all__ = ["check_beta", "check_counts", "class_balanced_weights", "effective_number"]
+__all__ = [
+    "WEIGHT_SCHEMES",
+    "check_beta",
+    "check_counts",
+    "check_scheme",
+    "class_balanced_weights",
+    "class_weights",
+    "effective_number",
+]
 
 CountsLike = Sequence[int] | np.ndarray | torch.Tensor
+
+WEIGHT_SCHEMES = ("none", "inverse", "sqrt_inverse", "effective")
 
 
 def check_beta(beta: float) -> float:
@@ -122,6 +136,41 @@ def class_balanced_weights(samples_per_class: CountsLike, beta: float) -> torch.
     beta = check_beta(beta)
     counts = check_counts(samples_per_class)
     weights = 1.0 / effective_number(counts, beta)
+    weights = weights / weights.sum() * counts.size
+    device = samples_per_class.device if isinstance(samples_per_class, torch.Tensor) else None
+    return torch.as_tensor(weights, dtype=torch.float32, device=device)
+
+
+def check_scheme(scheme: str) -> str:
+    """Return ``scheme`` after checking it is one of :data:`WEIGHT_SCHEMES`."""
+    if not isinstance(scheme, str) or scheme not in WEIGHT_SCHEMES:
+        raise ValueError(
+            f"scheme must be one of {', '.join(map(repr, WEIGHT_SCHEMES))} (no re-weighting, "
+            f"1/n, 1/sqrt(n), or the effective number 1/E_n of Eq. 4); got {scheme!r}."
+        )
+    return scheme
+
+
+def class_weights(
+    samples_per_class: CountsLike, scheme: str = "effective", beta: float = 0.9999
+) -> torch.Tensor:
+    """Per-class weights of a re-weighting ``scheme``, normalized to sum to C (float32).
+
+    "none" gives all ones, "inverse" ``∝ 1/n_i``, "sqrt_inverse" ``∝ 1/sqrt(n_i)`` and
+    "effective" ``∝ 1/E_{n_i}`` (Eq. 4; bitwise :func:`class_balanced_weights`). ``beta`` is
+    used (and checked) by "effective" only; the other schemes ignore it. Computed in float64,
+    then ``w ← w / Σw · C``. A tensor input keeps its device; other inputs give a CPU tensor.
+    """
+    scheme = check_scheme(scheme)
+    if scheme == "effective":
+        return class_balanced_weights(samples_per_class, beta)
+    counts = check_counts(samples_per_class).astype(np.float64)
+    if scheme == "none":
+        weights = np.ones_like(counts)
+    elif scheme == "inverse":
+        weights = 1.0 / counts
+    else:
+        weights = 1.0 / np.sqrt(counts)
     weights = weights / weights.sum() * counts.size
     device = samples_per_class.device if isinstance(samples_per_class, torch.Tensor) else None
     return torch.as_tensor(weights, dtype=torch.float32, device=device)

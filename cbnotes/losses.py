@@ -1,7 +1,8 @@
 """Class-balanced softmax, sigmoid and focal losses (Cui et al. 2019, Sec. 4, Eq. 5-7).
 
 Each sample with label ``y`` is weighted by ``α_y = 1/E_{n_y}`` normalized to sum to C
-(:func:`cbnotes.effective.class_balanced_weights`). The reductions match the authors' code:
+(:func:`cbnotes.effective.class_balanced_weights`; other schemes via ``scheme=``, see
+:func:`cbnotes.effective.class_weights`). The reductions match the authors' code:
 
 - softmax: ``(1/B) Σ_b α_{y_b} CE_b``. This is *not* ``F.cross_entropy(weight=α)``, whose
   default "mean" reduction divides by ``Σ_b α_{y_b}`` instead of ``B``; it is
@@ -10,32 +11,71 @@ Each sample with label ``y`` is weighted by ``α_y = 1/E_{n_y}`` normalized to s
 - sigmoid and focal: the ``B × C`` one-vs-all terms, each scaled by the ``α_y`` of its sample,
   summed and divided by ``B``.
 
-The focal modulator ``(1 - p^t)^γ`` is evaluated as ``exp(-γ·t·z - γ·softplus(-z))`` with ``t``
-the one-hot target, which stays finite (with finite gradients) for any logit and any γ >= 0.
-All losses are computed in float32 (or float64 for float64 logits), with autocast disabled.
+Multi-label data: the sigmoid and focal losses also take float multi-hot targets ``t`` of
+shape (B, C), values in [0, 1], instead of integer labels (B,). Row ``b`` is weighted by the
+target-weighted mean of its positive classes' weights, ``Σ_i t_i α_i / Σ_i t_i`` (exactly
+``α_y`` for a one-hot row, so single-label results are unchanged), and by 1 (the mean weight,
+since ``Σα = C``) for a row with no positive label. The reduction stays ``/B``. Softmax needs
+one label per sample and rejects such targets.
+
+The focal modulator ``(1 - p^t)^γ`` is ``exp(-γ·t·z - γ·softplus(-z))`` with ``t`` the one-hot
+target (:func:`focal_modulator`), which stays finite (with finite gradients) for any logit and
+any γ >= 0. The focal loss itself is a ``torch.autograd.Function`` with a closed-form gradient
+built from log1p, sigmoid and exp of non-positive numbers only, cheaper than differentiating the
+terms with autograd (``create_graph=True`` still gives second derivatives). All losses are
+computed in float32 (or float64 for float64 logits), with autocast disabled.
+
+Later methods on the same benchmark, with the same conventions (float32 buffers in the module
+forms, validation once in ``__init__``, no device sync per step):
+
+- Balanced Softmax (Ren et al. 2020): cross-entropy of ``z_j + log n_j``.
+- Logit adjustment (Menon et al. 2021): cross-entropy of ``z_j + τ log π_j``, ``π_j = n_j/Σn``,
+  or the post-hoc correction ``z_j - τ log π_j`` of a plainly trained model.
+- LDAM (Cao et al. 2019): cross-entropy of ``s·(z - Δ_y e_y)`` with margins ``Δ_j ∝ n_j^(-1/4)``,
+  the largest equal to ``max_margin``; optional per-class weights (LDAM-DRW) use PyTorch's
+  weighted mean, as the LDAM authors' code does.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from numbers import Integral, Real
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cbnotes.effective import CountsLike, check_beta, check_counts, class_balanced_weights
+from cbnotes.effective import (
+    CountsLike,
+    check_beta,
+    check_counts,
+    check_scheme,
+    class_weights,
+)
 
 __all__ = [
     "LOSS_TYPES",
+    "BalancedSoftmaxLoss",
     "ClassBalancedLoss",
+    "LDAMLoss",
+    "LogitAdjustedLoss",
+    "balanced_softmax_loss",
     "class_balanced_loss",
     "class_balanced_loss_from_weights",
     "focal_modulator",
+    "ldam_loss",
+    "ldam_margins",
+    "logit_adjusted_loss",
+    "posthoc_logit_adjustment",
     "prior_bias",
 ]
 
 LOSS_TYPES = ("softmax", "sigmoid", "focal")
+
+WeightsLike = Sequence[float] | np.ndarray | torch.Tensor
 
 
 def prior_bias(num_classes: int) -> float:
@@ -48,6 +88,9 @@ def prior_bias(num_classes: int) -> float:
     return -math.log(int(num_classes) - 1)
 
 
+# --- Validation -------------------------------------------------------------------------------
+
+
 def _check_loss_type(loss_type: str) -> str:
     """Return ``loss_type`` after checking it is one of :data:`LOSS_TYPES`."""
     if loss_type not in LOSS_TYPES:
@@ -57,8 +100,10 @@ def _check_loss_type(loss_type: str) -> str:
     return loss_type
 
 
-def _check_gamma(gamma: float) -> float:
-    """Return ``gamma`` as a float after checking it is finite and >= 0."""
+def _check_gamma(gamma: float | None, loss_type: str = "focal") -> float | None:
+    """Return ``gamma`` as a float (finite, >= 0), or None where ``loss_type`` is not focal."""
+    if gamma is None and loss_type != "focal":
+        return None
     if (
         isinstance(gamma, bool)
         or not isinstance(gamma, Real)
@@ -67,17 +112,30 @@ def _check_gamma(gamma: float) -> float:
     ):
         raise ValueError(
             f"gamma must be a finite number >= 0 (the focal exponent; 0 gives the sigmoid "
-            f"loss, the paper searches 0.5, 1.0, 2.0); got {gamma!r}."
+            f"loss, the paper searches 0.5, 1.0, 2.0); got {gamma!r}"
+            + (" for loss_type='focal', which needs γ." if gamma is None else ".")
         )
     return float(gamma)
 
 
-def _check_batch(logits: torch.Tensor, labels: torch.Tensor) -> None:
-    """Check shapes and dtypes of ``logits`` (B, C) and integer ``labels`` (B,).
+def _check_real(value: float, name: str, hint: str, *, positive: bool) -> float:
+    """Return ``value`` as a float after checking it is finite and > 0 (or >= 0)."""
+    ok = not isinstance(value, bool) and isinstance(value, Real) and math.isfinite(value)
+    if not ok or (value <= 0 if positive else value < 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"{name} must be a finite number {bound} ({hint}); got {value!r}.")
+    return float(value)
 
-    The label range ``[0, C)`` is checked only for labels on the CPU: on CUDA it is not
-    checked, to avoid a device sync; validate your labels once.
-    """
+
+def _check_tau(tau: float) -> float:
+    """Return ``tau`` after checking it is finite and >= 0 (Menon et al.: τ = 1)."""
+    return _check_real(
+        tau, "tau", "the logit-adjustment strength; 1 is the usual, 0 is plain CE", positive=False
+    )
+
+
+def _check_logits(logits: torch.Tensor) -> None:
+    """Check that ``logits`` is a non-empty 2-D floating tensor (B, C)."""
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or not logits.is_floating_point():
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(
@@ -87,6 +145,15 @@ def _check_batch(logits: torch.Tensor, labels: torch.Tensor) -> None:
         raise ValueError(
             f"logits must have at least one row and one class; got shape {tuple(logits.shape)}."
         )
+
+
+def _check_batch(logits: torch.Tensor, labels: torch.Tensor) -> None:
+    """Check shapes and dtypes of ``logits`` (B, C) and integer ``labels`` (B,).
+
+    The label range ``[0, C)`` is checked only for labels on the CPU: on CUDA it is not
+    checked, to avoid a device sync; validate your labels once.
+    """
+    _check_logits(logits)
     if (
         not isinstance(labels, torch.Tensor)
         or labels.ndim != 1
@@ -118,27 +185,275 @@ def _check_batch(logits: torch.Tensor, labels: torch.Tensor) -> None:
             )
 
 
+def _is_multi_hot(labels: Any) -> bool:
+    """True for a 2-D floating tensor, the multi-label form of ``labels``."""
+    return isinstance(labels, torch.Tensor) and labels.ndim == 2 and labels.is_floating_point()
+
+
+def _check_targets(logits: torch.Tensor, labels: torch.Tensor, loss_type: str) -> None:
+    """Check integer ``labels`` (B,), or float multi-hot targets (B, C) for sigmoid/focal.
+
+    Target values in [0, 1] are checked only on the CPU: on CUDA they are not, to avoid a
+    device sync.
+    """
+    if not _is_multi_hot(labels):
+        _check_batch(logits, labels)
+        return
+    _check_logits(logits)
+    if loss_type == "softmax":
+        raise ValueError(
+            f"labels of shape {tuple(labels.shape)} with float (multi-hot) targets need "
+            f"loss_type='sigmoid' or 'focal': softmax assumes one label per sample. Use sigmoid "
+            f"or focal for multi-label data, or give integer class indices of shape (B,)."
+        )
+    if labels.shape != logits.shape:
+        raise ValueError(
+            f"labels given as multi-hot targets must have the shape of logits "
+            f"{tuple(logits.shape)}; got {tuple(labels.shape)}."
+        )
+    if labels.device.type == "cpu" and not bool(((labels >= 0) & (labels <= 1)).all()):
+        raise ValueError(
+            "labels given as multi-hot targets must lie in [0, 1] (1 for a positive class, "
+            "0 for a negative one); got values outside [0, 1] or NaN."
+        )
+
+
+def _check_num_classes(logits: torch.Tensor, num_classes: int, name: str) -> None:
+    """Raise unless a 2-D ``logits`` has ``num_classes`` columns, naming the argument."""
+    if isinstance(logits, torch.Tensor) and logits.ndim == 2 and logits.shape[1] != num_classes:
+        raise ValueError(
+            f"{name} has {num_classes} classes but logits have {logits.shape[1]}; give one "
+            f"count per model output."
+        )
+
+
+def _check_module_classes(logits: torch.Tensor, num_classes: int) -> None:
+    """Raise unless ``logits`` has the module's ``num_classes`` columns."""
+    if logits.shape[1] != num_classes:
+        raise ValueError(
+            f"logits have {logits.shape[1]} classes but the loss was built from "
+            f"samples_per_class with {num_classes}; give one count per model output."
+        )
+
+
+def _check_class_weights(weights: WeightsLike, num_classes: int) -> torch.Tensor:
+    """Return per-class ``weights`` as a tensor after checking shape (C,), finite, >= 0.
+
+    Values are checked for CPU inputs only (no device sync for a CUDA tensor).
+    """
+    if not isinstance(weights, torch.Tensor):
+        try:
+            weights = torch.as_tensor(np.asarray(weights, dtype=np.float64))
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"weights must be {num_classes} per-class numbers; could not read {weights!r}."
+            ) from err
+    if weights.shape != (num_classes,) or weights.dtype == torch.bool or weights.is_complex():
+        raise ValueError(
+            f"weights must be a real tensor of shape ({num_classes},), one per class; got "
+            f"dtype {weights.dtype}, shape {tuple(weights.shape)}. Build it with "
+            f"class_weights(samples_per_class, scheme, beta)."
+        )
+    if weights.device.type == "cpu":
+        w = weights.detach().double()
+        if not bool((torch.isfinite(w) & (w >= 0)).all()) or not bool((w > 0).any()):
+            raise ValueError(
+                f"weights must be finite and >= 0 with at least one > 0 (a weighted mean "
+                f"divides by the weights of the batch's labels); got {weights.tolist()}."
+            )
+    return weights
+
+
+# --- Class-balanced losses ------------------------------------------------------------------
+
+
 def focal_modulator(logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> torch.Tensor:
     """Focal modulator ``(1-p^t)^γ`` as ``exp(-γ·t·z - γ·softplus(-z))`` (Sec. 4, Eq. 7)."""
     return torch.exp(-gamma * targets * logits - gamma * F.softplus(-logits))
 
 
+def _focal_terms_reference(z: torch.Tensor, targets: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-element focal terms ``(1-p^t)^γ · BCE(z, t)`` (Eq. 7), differentiated by autograd."""
+    terms = F.binary_cross_entropy_with_logits(z, targets, reduction="none")
+    return focal_modulator(z, targets, gamma) * terms
+
+
+def _focal_parts(
+    z: torch.Tensor, targets: torch.Tensor, gamma: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(1-p^t)^γ = exp(-γu)`` and ``b = -log p^t`` of the focal term, without cancellation.
+
+    With ``L = log(1 + e^{-|z|})``: ``b = L + (relu(z) - t·z)`` (``= softplus(-z) + (1-t)·z``,
+    the BCE) and ``u = L + (relu(-z) + t·z)`` (``= t·z + softplus(-z)``, the modulator's
+    exponent), both >= 0 for ``t`` in [0, 1]; for a binary ``t`` the bracket is exactly
+    ``relu(±z)`` or 0, so tiny values keep their digits where ``softplus(-z) + z`` would not.
+    """
+    log_term = torch.log1p(torch.exp(z.abs().neg_()))
+    tz = targets * z
+    positive = torch.relu(z)
+    bce = log_term + (positive - tz)
+    exponent = log_term + ((positive - z) + tz)  # relu(z) - z = relu(-z), exactly
+    return torch.exp(exponent.mul_(-gamma)), bce
+
+
+class _FocalLoss(torch.autograd.Function):
+    """``(1/B) Σ_b α_b Σ_i (1-p^t_bi)^γ BCE(z_bi, t_bi)`` with a closed-form gradient (Eq. 7).
+
+    Per element, with ``u = t·z + softplus(-z)`` (``= -log(1-p^t)`` for binary ``t``),
+    ``b = softplus(-z) + (1-t)·z`` (``= -log p^t``) and ``m = exp(-γu) = (1-p^t)^γ``:
+    ``f = m·b``, ``∂f/∂z = m·((σ(z) - t) - γ·b·(σ(z) + t - 1))`` and
+    ``∂f/∂t = -z·m·(1 + γ·b)``. Only log1p, exp of non-positive numbers and sigmoid appear,
+    never a power of ``1-p^t``: where ``p^t`` rounds to 1 the term and its gradient are 0 for
+    every γ >= 0, including γ < 1 (the limit of the reference's autograd, not ``0^(γ-1)``).
+    ``∂f/∂z`` is evaluated as ``m·(p·c_1 - q·c_2)`` with ``p = σ(z)``, ``q = σ(-z)``,
+    ``c_1 = (1-t) - γb·t``, ``c_2 = t - γb·(1-t)``: for binary ``t`` one of ``p·c_1``, ``q·c_2``
+    vanishes, where ``σ(z) - t`` and ``σ(z) + t - 1`` would lose digits. With
+    ``create_graph=True`` the gradient is rebuilt from ``z``, so it is itself differentiable.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        z: torch.Tensor,
+        targets: torch.Tensor,
+        alpha: torch.Tensor,
+        gamma: float,
+        batch: int,
+    ) -> torch.Tensor:
+        """Focal terms of ``z`` (B, C) weighted by ``alpha`` (B,) per row, summed, over B."""
+        modulator, bce = _focal_parts(z, targets, gamma)
+        ctx.save_for_backward(z, targets, alpha, modulator, bce)
+        ctx.gamma, ctx.batch = gamma, batch
+        return torch.dot(alpha, (modulator * bce).sum(dim=1)) / batch
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """Closed-form gradients with respect to ``z``, ``targets`` and ``alpha``."""
+        z, targets, alpha, modulator, bce = ctx.saved_tensors
+        gamma, grad = ctx.gamma, grad / ctx.batch
+        if torch.is_grad_enabled():  # create_graph=True: recompute from z to keep the graph
+            modulator, bce = _focal_parts(z, targets, gamma)
+        row_scale = (grad * alpha).unsqueeze(1)
+        grad_z = grad_t = grad_alpha = None
+        if ctx.needs_input_grad[0]:
+            p, q = torch.sigmoid(z), torch.sigmoid(-z)
+            negatives = 1.0 - targets
+            c_1 = torch.addcmul(negatives, bce, targets, value=-gamma)
+            c_2 = torch.addcmul(targets, bce, negatives, value=-gamma)
+            slope = torch.addcmul(p * c_1, q, c_2, value=-1.0)
+            grad_z = slope * modulator * row_scale
+        if ctx.needs_input_grad[1]:
+            grad_t = -z * modulator * torch.add(1.0, bce, alpha=gamma) * row_scale
+        if ctx.needs_input_grad[2]:
+            grad_alpha = grad * (modulator * bce).sum(dim=1)
+        return grad_z, grad_t, grad_alpha, None, None
+
+
+def _flip_targets(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values`` (B, C) with the entries at the target columns ``index`` (B, 1) negated."""
+    return values.scatter(1, index, values.gather(1, index).neg())
+
+
+def _focal_parts_negated(
+    negated: torch.Tensor, z: torch.Tensor, gamma: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(1-p^t)^γ`` and ``-log p^t`` from the negated signed logit ``-x`` (one-hot targets).
+
+    ``-log p^t = softplus(-x) = L + relu(-x)`` and ``-log(1-p^t) = L + relu(x)`` with
+    ``L = log(1 + e^{-|z|})``; the same operations as :func:`_focal_parts` for binary targets.
+    """
+    log_term = torch.log1p(torch.exp(z.abs().neg_()))
+    positive = torch.relu(negated)
+    bce = log_term + positive
+    exponent = log_term + (positive - negated)  # relu(-x) - (-x) = relu(x), exactly
+    return torch.exp(exponent.mul_(-gamma)), bce
+
+
+class _FocalLossLabels(torch.autograd.Function):
+    """:class:`_FocalLoss` for integer labels: the one-hot targets are never materialized.
+
+    Works on the negated signed logit ``-x`` (``z``, with the target column negated): per
+    element ``f = m·b`` with ``b = softplus(-x)``, ``m = exp(-γ·softplus(x))`` and
+    ``∂f/∂(-x) = m·(σ(-x) + γ·b·σ(x))``, a sum of non-negative terms (no cancellation); the
+    target column's sign is flipped back for ``∂f/∂z``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        z: torch.Tensor,
+        index: torch.Tensor,
+        alpha: torch.Tensor,
+        gamma: float,
+        batch: int,
+    ) -> torch.Tensor:
+        """Focal terms of ``z`` (B, C) with targets ``index`` (B, 1), ``alpha`` (B,) per row."""
+        negated = _flip_targets(z, index)
+        modulator, bce = _focal_parts_negated(negated, z, gamma)
+        ctx.save_for_backward(z, index, alpha, negated, modulator, bce)
+        ctx.gamma, ctx.batch = gamma, batch
+        return torch.dot(alpha, (modulator * bce).sum(dim=1)) / batch
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """Closed-form gradients with respect to ``z`` and ``alpha``."""
+        z, index, alpha, negated, modulator, bce = ctx.saved_tensors
+        gamma, grad = ctx.gamma, grad / ctx.batch
+        if torch.is_grad_enabled():  # create_graph=True: recompute from z to keep the graph
+            negated = _flip_targets(z, index)
+            modulator, bce = _focal_parts_negated(negated, z, gamma)
+        grad_z = grad_alpha = None
+        if ctx.needs_input_grad[0]:
+            slope = torch.addcmul(torch.sigmoid(negated), bce, torch.sigmoid(-negated), value=gamma)
+            grad_z = _flip_targets(slope * modulator * (grad * alpha).unsqueeze(1), index)
+        if ctx.needs_input_grad[2]:
+            grad_alpha = grad * (modulator * bce).sum(dim=1)
+        return grad_z, None, grad_alpha, None, None
+
+
+def _row_weights(targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per-row weights ``Σ_i t_i α_i / Σ_i t_i`` of multi-hot ``targets``; 1 for empty rows."""
+    positives = targets.sum(dim=1)
+    has_positive = positives > 0
+    mean = (targets @ weights) / torch.where(has_positive, positives, 1.0)
+    return torch.where(has_positive, mean, 1.0)
+
+
 def _weighted_loss(
-    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, loss_type: str, gamma: float
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    loss_type: str,
+    gamma: float | None,
+    *,
+    reference: bool = False,
 ) -> torch.Tensor:
-    """The class-balanced loss on validated inputs, in float32/float64 with autocast off."""
+    """The class-balanced loss on validated inputs, in float32/float64 with autocast off.
+
+    Focal with γ > 0 uses the closed-form :class:`_FocalLoss`; ``reference=True`` uses the
+    autograd of :func:`_focal_terms_reference` instead (kept for tests and benchmarks).
+    """
     with torch.autocast(device_type=logits.device.type, enabled=False):
         z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
-        labels = labels.long()  # int32/uint8 labels are fine; no-op for int64
         weights = weights.to(device=z.device, dtype=z.dtype)
         batch = z.shape[0]
-        if loss_type == "softmax":  # Σ_b α_{y_b} CE_b / B (not the weighted mean)
-            return F.cross_entropy(z, labels, weight=weights, reduction="sum") / batch
-        alpha = weights[labels]
-        targets = F.one_hot(labels, z.shape[1]).to(z.dtype)
-        terms = F.binary_cross_entropy_with_logits(z, targets, reduction="none")
-        if loss_type == "focal" and gamma != 0.0:
-            terms = focal_modulator(z, targets, gamma) * terms
+        if labels.is_floating_point():  # multi-hot targets (B, C), sigmoid or focal
+            targets = labels.to(z.dtype)
+            alpha = _row_weights(targets, weights)
+        else:
+            labels = labels.long()  # int32/uint8 labels are fine; no-op for int64
+            if loss_type == "softmax":  # Σ_b α_{y_b} CE_b / B (not the weighted mean)
+                return F.cross_entropy(z, labels, weight=weights, reduction="sum") / batch
+            alpha = weights.index_select(0, labels)
+            if loss_type == "focal" and gamma and not reference:
+                return _FocalLossLabels.apply(z, labels.unsqueeze(1), alpha, gamma, batch)
+            targets = torch.zeros_like(z).scatter_(1, labels.unsqueeze(1), 1.0)  # one-hot
+        if loss_type == "focal" and gamma and not reference:
+            return _FocalLoss.apply(z, targets, alpha, gamma, batch)
+        if loss_type == "focal" and gamma:
+            terms = _focal_terms_reference(z, targets, gamma)
+        else:
+            terms = F.binary_cross_entropy_with_logits(z, targets, reduction="none")
         return (alpha.unsqueeze(1) * terms).sum() / batch
 
 
@@ -147,16 +462,18 @@ def class_balanced_loss_from_weights(
     labels: torch.Tensor,
     weights: torch.Tensor,
     loss_type: str = "softmax",
-    gamma: float = 1.0,
+    gamma: float | None = 1.0,
 ) -> torch.Tensor:
     """Class-balanced loss with precomputed per-class ``weights`` (C,) (Sec. 4, Eq. 5-7).
 
-    ``weights`` are moved to the logits' device and dtype. On CUDA the label range is not
-    checked, to avoid a device sync; validate your labels once.
+    ``labels`` are integer class indices (B,) or, for sigmoid and focal, float multi-hot
+    targets (B, C) in [0, 1]; a row is then weighted by ``Σ_i t_i α_i / Σ_i t_i`` (1 if it has
+    no positive). ``weights`` are moved to the logits' device and dtype. On CUDA the label
+    range is not checked, to avoid a device sync; validate your labels once.
     """
     loss_type = _check_loss_type(loss_type)
-    gamma = _check_gamma(gamma)
-    _check_batch(logits, labels)
+    gamma = _check_gamma(gamma, loss_type)
+    _check_targets(logits, labels, loss_type)
     if not isinstance(weights, torch.Tensor) or weights.shape != (logits.shape[1],):
         shape = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights)
         raise ValueError(
@@ -172,33 +489,55 @@ def class_balanced_loss(
     samples_per_class: CountsLike,
     loss_type: str = "softmax",
     beta: float = 0.9999,
-    gamma: float = 1.0,
+    gamma: float | None = 1.0,
+    *,
+    scheme: str = "effective",
 ) -> torch.Tensor:
     """Class-balanced loss ``(1/B) Σ_b α_{y_b} L(z_b, y_b)`` (Sec. 4, Eq. 5-7).
 
     ``samples_per_class`` are the counts of the whole training set (not of the batch).
-    ``loss_type`` is "softmax", "sigmoid" or "focal" (``gamma`` is used by focal only);
-    ``beta = 0`` gives the plain, un-weighted loss. The weights are recomputed on every
-    call: in a training loop prefer :class:`ClassBalancedLoss`. On CUDA the label range is
-    not checked, to avoid a device sync; validate your labels once.
+    ``loss_type`` is "softmax", "sigmoid" or "focal" (``gamma`` is used by focal only and may
+    be None for the others); ``beta = 0`` gives the plain, un-weighted loss. ``scheme``
+    chooses the weights (:func:`cbnotes.effective.class_weights`: "effective" ``∝ 1/E_n``,
+    "inverse" ``∝ 1/n``, "sqrt_inverse", "none"); ``beta`` is used by "effective" only.
+    ``labels`` are integer class indices (B,) or, for sigmoid and focal, float multi-hot
+    targets (B, C) in [0, 1]; a row is then weighted by ``Σ_i t_i α_i / Σ_i t_i`` (exactly
+    ``α_y`` for a one-hot row; 1 for a row with no positive). The weights are recomputed on
+    every call: in a training loop prefer :class:`ClassBalancedLoss`. On CUDA the label range
+    is not checked, to avoid a device sync; validate your labels once.
     """
     loss_type = _check_loss_type(loss_type)
-    gamma = _check_gamma(gamma)
-    weights = class_balanced_weights(samples_per_class, beta)
-    if isinstance(logits, torch.Tensor) and logits.ndim == 2 and weights.numel() != logits.shape[1]:
-        raise ValueError(
-            f"samples_per_class has {weights.numel()} classes but logits have "
-            f"{logits.shape[1]}; give one count per model output."
-        )
+    gamma = _check_gamma(gamma, loss_type)
+    weights = class_weights(samples_per_class, scheme, beta)
+    _check_num_classes(logits, weights.numel(), "samples_per_class")
     return class_balanced_loss_from_weights(logits, labels, weights, loss_type, gamma)
+
+
+_CONFIG_KEY = "cbnotes_config"
+
+
+def _record_config(module: nn.Module, state: Any, prefix: str, local_metadata: dict) -> None:
+    """State-dict hook: note the module's configuration in the state dict's metadata."""
+    local_metadata[_CONFIG_KEY] = module._config_text()
 
 
 class ClassBalancedLoss(nn.Module):
     """Class-balanced loss as a module; the weights live in the float32 buffer ``weights``.
 
     Arguments are validated once here. ``beta = 0`` (or :meth:`unweighted`) gives the plain
-    softmax/sigmoid/focal loss. On CUDA the label range is not checked, to avoid a device
-    sync; validate your labels once.
+    softmax/sigmoid/focal loss; ``scheme`` picks other weights ("none", "inverse",
+    "sqrt_inverse"; they ignore ``beta``); ``gamma`` may be None except for focal.
+    :meth:`load_state_dict` refuses ``weights`` that are not those of this configuration.
+    ``forward`` takes integer labels (B,) or, for sigmoid and focal, float multi-hot targets
+    (B, C) in [0, 1], each row weighted by ``Σ_i t_i α_i / Σ_i t_i`` (1 if it has no positive)::
+
+        loss_fn = ClassBalancedLoss(counts, "focal", beta=0.999, gamma=0.5)
+        loss = loss_fn(logits, labels)  # labels: (B,) int64
+        targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])  # multi-label rows
+        loss = loss_fn(logits, targets)  # row weights (α_0 + α_2)/2 and 1
+        inverse = ClassBalancedLoss(counts, "softmax", gamma=None, scheme="inverse")
+
+    On CUDA the label range is not checked, to avoid a device sync; validate your labels once.
     """
 
     weights: torch.Tensor
@@ -208,18 +547,23 @@ class ClassBalancedLoss(nn.Module):
         samples_per_class: CountsLike,
         loss_type: str = "softmax",
         beta: float = 0.9999,
-        gamma: float = 1.0,
+        gamma: float | None = 1.0,
+        *,
+        scheme: str = "effective",
     ) -> None:
         super().__init__()
         self.loss_type = _check_loss_type(loss_type)
-        self.beta = check_beta(beta)
-        self.gamma = _check_gamma(gamma)
+        self.scheme = check_scheme(scheme)
+        self.beta = check_beta(beta) if self.scheme == "effective" else beta
+        self.gamma = _check_gamma(gamma, self.loss_type)
         self.samples_per_class = tuple(int(n) for n in check_counts(samples_per_class))
-        self.register_buffer("weights", class_balanced_weights(self.samples_per_class, self.beta))
+        self.register_buffer("weights", self._expected_weights())
+        register = getattr(self, "register_state_dict_post_hook", None)  # public in torch 2.5+
+        (register or self._register_state_dict_hook)(_record_config)
 
     @classmethod
     def unweighted(
-        cls, num_classes: int, loss_type: str = "softmax", gamma: float = 1.0
+        cls, num_classes: int, loss_type: str = "softmax", gamma: float | None = 1.0
     ) -> ClassBalancedLoss:
         """The plain (β = 0, all weights 1) loss of the given type for ``num_classes`` classes."""
         valid = isinstance(num_classes, Integral) and not isinstance(num_classes, bool)
@@ -232,19 +576,338 @@ class ClassBalancedLoss(nn.Module):
         """Number of classes C."""
         return self.weights.numel()
 
+    def _expected_weights(self) -> torch.Tensor:
+        """The float32 weights of this configuration (CPU)."""
+        return class_weights(self.samples_per_class, self.scheme, self.beta)
+
+    def _config_text(self) -> str:
+        """This configuration as ``ClassBalancedLoss(...)``."""
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
+    ) -> None:
+        """Load as usual after checking the saved ``weights`` are this configuration's."""
+        loaded = state_dict.get(prefix + "weights")
+        if (
+            isinstance(loaded, torch.Tensor)
+            and loaded.shape == self.weights.shape
+            and loaded.is_floating_point()
+            and loaded.device.type != "meta"
+        ):
+            expected = self._expected_weights().double()
+            rtol = max(1e-6, 2 * torch.finfo(loaded.dtype).eps)
+            got = loaded.detach().to(device="cpu", dtype=torch.float64)
+            if not torch.allclose(got, expected, rtol=rtol, atol=0.0):
+                saved = local_metadata.get(
+                    _CONFIG_KEY, "a configuration the state dict does not record"
+                )
+                raise ValueError(
+                    f"state_dict[{prefix + 'weights'!r}] holds the weights of {saved}, but "
+                    f"this module is {self._config_text()}: loading would replace its weights "
+                    f"while it still shows its own settings. Build the loss with the saved "
+                    f"configuration before loading (saved weights {got.tolist()}, expected "
+                    f"{expected.tolist()})."
+                )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Loss of ``logits`` (B, C) against integer ``labels`` (B,)."""
-        _check_batch(logits, labels)
-        if logits.shape[1] != self.num_classes:
-            raise ValueError(
-                f"logits have {logits.shape[1]} classes but the loss was built from "
-                f"samples_per_class with {self.num_classes}; give one count per model output."
-            )
+        """Loss of ``logits`` (B, C) against integer ``labels`` (B,) or multi-hot (B, C)."""
+        _check_targets(logits, labels, self.loss_type)
+        _check_module_classes(logits, self.num_classes)
         return _weighted_loss(logits, labels, self.weights, self.loss_type, self.gamma)
 
     def extra_repr(self) -> str:
-        """Loss type, β, γ (focal only) and number of classes."""
+        """Loss type, scheme, β ("effective" only), γ (focal only) and number of classes."""
+        beta = f", beta={self.beta}" if self.scheme == "effective" else ""
         gamma = f", gamma={self.gamma}" if self.loss_type == "focal" else ""
         return (
-            f"loss_type={self.loss_type!r}, beta={self.beta}{gamma}, num_classes={self.num_classes}"
+            f"loss_type={self.loss_type!r}, scheme={self.scheme!r}{beta}{gamma}, "
+            f"num_classes={self.num_classes}"
         )
+
+
+# --- Later methods: Balanced Softmax, logit adjustment, LDAM --------------------------------
+
+
+def _upcast(logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` in float32, or as they are if float32/float64."""
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+
+def _log_counts(counts: np.ndarray) -> np.ndarray:
+    """``log n_j`` in float64."""
+    return np.log(counts.astype(np.float64))
+
+
+def _log_priors(counts: np.ndarray) -> np.ndarray:
+    """``log π_j = log n_j - log Σn`` in float64."""
+    return _log_counts(counts) - math.log(float(counts.sum()))
+
+
+def _margins(counts: np.ndarray, max_margin: float) -> np.ndarray:
+    """LDAM margins ``Δ_j ∝ n_j^(-1/4)``, the largest exactly ``max_margin`` (float64)."""
+    m = counts.astype(np.float64) ** -0.25
+    return m / m.max() * max_margin
+
+
+def _as_constant(values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """``values`` on the device of ``like``, in float64 for float64 ``like``, else float32."""
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return torch.as_tensor(values, dtype=dtype, device=like.device)
+
+
+def _shifted_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, shift: torch.Tensor
+) -> torch.Tensor:
+    """Mean cross-entropy of ``logits + shift`` (shift (C,)), in float32/64, autocast off."""
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        z = _upcast(logits)
+        return F.cross_entropy(z + shift.to(device=z.device, dtype=z.dtype), labels.long())
+
+
+def _ldam(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    margins: torch.Tensor,
+    scale: float,
+    weights: torch.Tensor | None,
+) -> torch.Tensor:
+    """LDAM cross-entropy of ``scale·(z - Δ_y e_y)`` on validated inputs, autocast off."""
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        z = _upcast(logits)
+        labels = labels.long()
+        margins = margins.to(device=z.device, dtype=z.dtype)
+        index = labels.unsqueeze(1)
+        shifted = z.scatter_add(1, index, -margins[labels].unsqueeze(1))  # target column only
+        w = None if weights is None else weights.to(device=z.device, dtype=z.dtype)
+        return F.cross_entropy(scale * shifted, labels, weight=w)
+
+
+def balanced_softmax_loss(
+    logits: torch.Tensor, labels: torch.Tensor, samples_per_class: CountsLike
+) -> torch.Tensor:
+    """Balanced Softmax (Ren et al. 2020): mean cross-entropy of ``z_j + log n_j``.
+
+    Train with it and predict with the plain logits. The constants are rebuilt on every call:
+    in a training loop prefer :class:`BalancedSoftmaxLoss`.
+    """
+    counts = check_counts(samples_per_class)
+    _check_num_classes(logits, counts.size, "samples_per_class")
+    _check_batch(logits, labels)
+    return _shifted_cross_entropy(logits, labels, _as_constant(_log_counts(counts), logits))
+
+
+def logit_adjusted_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    samples_per_class: CountsLike,
+    tau: float = 1.0,
+) -> torch.Tensor:
+    """Logit-adjusted loss (Menon et al. 2021): mean cross-entropy of ``z_j + τ log π_j``.
+
+    ``π_j = n_j / Σn``; ``tau = 0`` is plain cross-entropy, ``tau = 1`` equals Balanced
+    Softmax. The constants are rebuilt on every call: prefer :class:`LogitAdjustedLoss`.
+    """
+    tau = _check_tau(tau)
+    counts = check_counts(samples_per_class)
+    _check_num_classes(logits, counts.size, "samples_per_class")
+    _check_batch(logits, labels)
+    return _shifted_cross_entropy(logits, labels, _as_constant(tau * _log_priors(counts), logits))
+
+
+def posthoc_logit_adjustment(
+    logits: torch.Tensor, samples_per_class: CountsLike, tau: float = 1.0
+) -> torch.Tensor:
+    """Post-hoc logit adjustment (Menon et al. 2021): ``z_j - τ log π_j``, ``π_j = n_j/Σn``.
+
+    For evaluating a plainly trained model: predict ``argmax_j`` of the result. ``logits`` have
+    the classes in their last dimension; the result has their dtype (computed in float32 or
+    float64).
+    """
+    tau = _check_tau(tau)
+    counts = check_counts(samples_per_class)
+    if not isinstance(logits, torch.Tensor) or logits.ndim < 1 or not logits.is_floating_point():
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(
+            f"logits must be a floating tensor with the classes in the last dimension, e.g. "
+            f"(batch, num_classes); got {shape}."
+        )
+    if logits.shape[-1] != counts.size:
+        raise ValueError(
+            f"samples_per_class has {counts.size} classes but logits have {logits.shape[-1]}; "
+            f"give one count per model output."
+        )
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        z = _upcast(logits)
+        return (z - _as_constant(tau * _log_priors(counts), z)).to(logits.dtype)
+
+
+def _check_ldam_args(max_margin: float, scale: float) -> tuple[float, float]:
+    """Return ``(max_margin, scale)`` after checking both are finite and > 0."""
+    max_margin = _check_real(
+        max_margin, "max_margin", "the largest LDAM margin, 0.5 in Cao et al.", positive=True
+    )
+    scale = _check_real(
+        scale, "scale", "the logit scale s for cosine logits, 30 in Cao et al.", positive=True
+    )
+    return max_margin, scale
+
+
+def ldam_margins(samples_per_class: CountsLike, max_margin: float = 0.5) -> torch.Tensor:
+    """LDAM margins ``Δ_j ∝ n_j^(-1/4)``, the largest equal to ``max_margin`` (float32, (C,))."""
+    max_margin, _ = _check_ldam_args(max_margin, 1.0)
+    counts = check_counts(samples_per_class)
+    return torch.as_tensor(_margins(counts, max_margin), dtype=torch.float32)
+
+
+def ldam_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    samples_per_class: CountsLike,
+    max_margin: float = 0.5,
+    scale: float = 30.0,
+    weights: WeightsLike | None = None,
+) -> torch.Tensor:
+    """LDAM loss (Cao et al. 2019): cross-entropy of ``scale·(z - Δ_y e_y)``, ``Δ_j ∝ n_j^-¼``.
+
+    The margin ``Δ_y`` is subtracted from the target column only; the largest margin (rarest
+    class) is ``max_margin``. ``logits`` are meant to be cosine similarities of a normalized
+    head (in [-1, 1]), but any real logits work. Without ``weights`` the reduction is the batch
+    mean. With per-class ``weights`` (C,) (LDAM-DRW) it is PyTorch's weighted mean
+    ``F.cross_entropy(..., weight=w)``, which divides by ``Σ_b w_{y_b}`` as the LDAM authors'
+    code does; this differs from this paper's ``(1/B) Σ_b α_{y_b} CE_b``. Weight values are
+    checked on the CPU only.
+    """
+    max_margin, scale = _check_ldam_args(max_margin, scale)
+    counts = check_counts(samples_per_class)
+    _check_num_classes(logits, counts.size, "samples_per_class")
+    _check_batch(logits, labels)
+    if weights is not None:
+        weights = _check_class_weights(weights, counts.size)
+    margins = _as_constant(_margins(counts, max_margin), logits)
+    return _ldam(logits, labels, margins, scale, weights)
+
+
+class BalancedSoftmaxLoss(nn.Module):
+    """Balanced Softmax (Ren et al. 2020): mean cross-entropy of ``z_j + log n_j``.
+
+    ``log n_j`` lives in the float32 buffer ``log_counts`` (not saved in the state dict: it is
+    rebuilt from ``samples_per_class``), which ``.to(device)`` moves with the module.
+    """
+
+    log_counts: torch.Tensor
+
+    def __init__(self, samples_per_class: CountsLike) -> None:
+        super().__init__()
+        counts = check_counts(samples_per_class)
+        self.samples_per_class = tuple(int(n) for n in counts)
+        log_counts = torch.as_tensor(_log_counts(counts), dtype=torch.float32)
+        self.register_buffer("log_counts", log_counts, persistent=False)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes C."""
+        return self.log_counts.numel()
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Loss of ``logits`` (B, C) against integer ``labels`` (B,)."""
+        _check_batch(logits, labels)
+        _check_module_classes(logits, self.num_classes)
+        return _shifted_cross_entropy(logits, labels, self.log_counts)
+
+    def extra_repr(self) -> str:
+        """Number of classes and the count range."""
+        counts = self.samples_per_class
+        return f"num_classes={self.num_classes}, counts={min(counts)}..{max(counts)}"
+
+
+class LogitAdjustedLoss(nn.Module):
+    """Logit-adjusted loss (Menon et al. 2021): mean cross-entropy of ``z_j + τ log π_j``.
+
+    ``τ log π_j`` lives in the float32 buffer ``adjustment`` (not saved in the state dict: it is
+    rebuilt from ``samples_per_class`` and ``tau``), which ``.to(device)`` moves.
+    """
+
+    adjustment: torch.Tensor
+
+    def __init__(self, samples_per_class: CountsLike, tau: float = 1.0) -> None:
+        super().__init__()
+        self.tau = _check_tau(tau)
+        counts = check_counts(samples_per_class)
+        self.samples_per_class = tuple(int(n) for n in counts)
+        adjustment = torch.as_tensor(self.tau * _log_priors(counts), dtype=torch.float32)
+        self.register_buffer("adjustment", adjustment, persistent=False)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes C."""
+        return self.adjustment.numel()
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Loss of ``logits`` (B, C) against integer ``labels`` (B,)."""
+        _check_batch(logits, labels)
+        _check_module_classes(logits, self.num_classes)
+        return _shifted_cross_entropy(logits, labels, self.adjustment)
+
+    def extra_repr(self) -> str:
+        """τ and number of classes."""
+        return f"tau={self.tau}, num_classes={self.num_classes}"
+
+
+class LDAMLoss(nn.Module):
+    """LDAM loss (Cao et al. 2019) with margins ``Δ_j ∝ n_j^(-1/4)`` and logit scale ``s``.
+
+    Float32 buffers: ``margins`` (rebuilt from the arguments, not saved) and ``weights``
+    (saved; all ones when ``weights=None``, which gives the plain batch mean). The reduction is
+    PyTorch's weighted mean ``Σ_b w_{y_b} CE_b / Σ_b w_{y_b}``, as in the LDAM authors' code
+    (not this paper's ``/B``). For deferred re-weighting (LDAM-DRW) assign new weights in place
+    at the switch, e.g. ``loss_fn.weights.copy_(class_weights(counts, "effective", 0.9999))``.
+    """
+
+    margins: torch.Tensor
+    weights: torch.Tensor
+
+    def __init__(
+        self,
+        samples_per_class: CountsLike,
+        max_margin: float = 0.5,
+        scale: float = 30.0,
+        weights: WeightsLike | None = None,
+    ) -> None:
+        super().__init__()
+        self.max_margin, self.scale = _check_ldam_args(max_margin, scale)
+        counts = check_counts(samples_per_class)
+        self.samples_per_class = tuple(int(n) for n in counts)
+        margins = torch.as_tensor(_margins(counts, self.max_margin), dtype=torch.float32)
+        self.register_buffer("margins", margins, persistent=False)
+        if weights is None:
+            w = torch.ones(counts.size, dtype=torch.float32)
+        else:
+            w = weights.detach().cpu() if isinstance(weights, torch.Tensor) else weights
+            w = _check_class_weights(w, counts.size).to(torch.float32)
+        self.register_buffer("weights", w.clone())
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes C."""
+        return self.margins.numel()
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Loss of ``logits`` (B, C) against integer ``labels`` (B,)."""
+        _check_batch(logits, labels)
+        _check_module_classes(logits, self.num_classes)
+        return _ldam(logits, labels, self.margins, self.scale, self.weights)
+
+    def extra_repr(self) -> str:
+        """Largest margin, scale and number of classes."""
+        return f"max_margin={self.max_margin}, scale={self.scale}, num_classes={self.num_classes}"

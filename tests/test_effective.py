@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from cbnotes.effective import class_balanced_weights, effective_number
+from cbnotes.effective import (
+    WEIGHT_SCHEMES,
+    class_balanced_weights,
+    class_weights,
+    effective_number,
+)
 from cbnotes.imbalance import long_tailed_counts
 
 CIFAR10_LT_IF100 = long_tailed_counts(5000, 10, 100)
@@ -208,3 +213,104 @@ def test_weights_never_nan_for_extreme_counts():
 def test_bad_counts_or_beta_raise_value_error(counts, beta, match):
     with pytest.raises(ValueError, match=match):
         class_balanced_weights(counts, beta)
+
+
+# --- Other re-weighting schemes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", WEIGHT_SCHEMES)
+@pytest.mark.parametrize("counts", [CIFAR10_LT_IF100, [1, 3], [7], [10**7, 1, 49]])
+def test_every_scheme_gives_float32_weights_summing_to_c(scheme, counts):
+    w = class_weights(counts, scheme)
+    assert w.dtype == torch.float32
+    assert w.shape == (len(counts),)
+    assert float(w.double().sum()) == pytest.approx(len(counts), rel=1e-6)
+    assert torch.isfinite(w).all()
+    assert (w > 0).all()
+
+
+def test_schemes_by_hand():
+    # counts (1, 4): 1/n = (1, 1/4) -> (8/5, 2/5); 1/sqrt(n) = (1, 1/2) -> (4/3, 2/3).
+    torch.testing.assert_close(class_weights([1, 4], "inverse"), torch.tensor([1.6, 0.4]))
+    torch.testing.assert_close(class_weights([1, 4], "sqrt_inverse"), torch.tensor([4 / 3, 2 / 3]))
+    torch.testing.assert_close(class_weights([1, 4], "none"), torch.ones(2))
+
+
+def test_none_equals_beta_zero_effective_weights():
+    for counts in (CIFAR10_LT_IF100, [3, 1, 49, 7]):
+        assert torch.equal(class_weights(counts, "none"), class_balanced_weights(counts, 0.0))
+        assert torch.equal(class_weights(counts, "none"), torch.ones(len(counts)))
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.9, 0.999, 0.9999, 1 - 1e-9])
+def test_effective_is_bitwise_class_balanced_weights(beta):
+    got = class_weights(CIFAR10_LT_IF100, "effective", beta)
+    assert torch.equal(got, class_balanced_weights(CIFAR10_LT_IF100, beta))
+    assert torch.equal(
+        class_weights(CIFAR10_LT_IF100), class_balanced_weights(CIFAR10_LT_IF100, 0.9999)
+    )
+
+
+def test_inverse_is_the_beta_to_one_limit_of_effective():
+    # E_n = n - n(n-1)(1-β)/2 + ..., so at β = 1 - 1e-12 the float64 weights differ from 1/n by a
+    # relative ~n(1-β)/2 <= 2.5e-9 for n <= 5000. Rounded to float32 they can then differ by at
+    # most one float32 ulp, a relative 2^-23 < 1.2e-7.
+    limit = class_balanced_weights(CIFAR10_LT_IF100, 1 - 1e-12)
+    torch.testing.assert_close(
+        class_weights(CIFAR10_LT_IF100, "inverse"), limit, rtol=1.2e-7, atol=0
+    )
+
+
+def test_sqrt_inverse_lies_between_none_and_inverse():
+    none, sqrt, inverse = (
+        class_weights(CIFAR10_LT_IF100, s) for s in ("none", "sqrt_inverse", "inverse")
+    )
+    assert none[-1] < sqrt[-1] < inverse[-1]  # tail
+    assert inverse[0] < sqrt[0] < none[0]  # head
+    torch.testing.assert_close(sqrt[-1] / sqrt[0], torch.tensor(math.sqrt(100)), rtol=1e-6, atol=0)
+
+
+def test_only_the_effective_scheme_uses_beta():
+    for scheme in ("none", "inverse", "sqrt_inverse"):
+        assert torch.equal(
+            class_weights(CIFAR10_LT_IF100, scheme, beta=5.0),
+            class_weights(CIFAR10_LT_IF100, scheme),
+        )
+    with pytest.raises(ValueError, match="beta"):
+        class_weights(CIFAR10_LT_IF100, "effective", beta=5.0)
+
+
+def test_class_weights_keep_the_device_of_a_tensor_input():
+    counts = torch.tensor(CIFAR10_LT_IF100)
+    for scheme in WEIGHT_SCHEMES:
+        assert class_weights(counts, scheme).device == counts.device
+        torch.testing.assert_close(
+            class_weights(counts, scheme), class_weights(CIFAR10_LT_IF100, scheme)
+        )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_class_weights_of_a_cuda_tensor_are_on_cuda():
+    counts = torch.tensor(CIFAR10_LT_IF100, device="cuda")
+    for scheme in WEIGHT_SCHEMES:
+        assert class_weights(counts, scheme).is_cuda
+
+
+@pytest.mark.parametrize(
+    ("counts", "scheme", "match"),
+    [
+        (
+            [10, 5],
+            "Inverse",
+            "scheme must be one of 'none', 'inverse', 'sqrt_inverse', 'effective'",
+        ),
+        ([10, 5], "balanced", "scheme"),
+        ([10, 5], None, "scheme"),
+        ([10, 0], "inverse", "samples_per_class.*zero samples"),
+        ([10, 2.5], "sqrt_inverse", "samples_per_class"),
+        ([], "none", "samples_per_class"),
+    ],
+)
+def test_class_weights_bad_input(counts, scheme, match):
+    with pytest.raises(ValueError, match=match):
+        class_weights(counts, scheme)
