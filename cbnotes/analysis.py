@@ -2,7 +2,7 @@
 
 The notebooks 00, 04 and 05 show the same committed results; these helpers keep the reading of
 them in one place. Every error is a percentage, and the headline is the last-epoch top-1 error
-on the full balanced test set (Sec. 5), as in :mod:`cbnotes.experiments`.
+on the full balanced test set (Sec. 5), as in :mod:`cbnotes.results`.
 """
 
 from __future__ import annotations
@@ -14,22 +14,24 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from cbnotes.config import RunConfig
 from cbnotes.data import dataset_title
-from cbnotes.experiments import GROUP_KEYS, SUMMARY_COLUMNS, RunConfig, load_results
+from cbnotes.methods import METHODS
+from cbnotes.results import GROUP_KEYS, frame, load_results
 
 #: A class-balanced result "exceeds the seed noise" when |CB - plain| > NOISE_SE standard errors.
 NOISE_SE = 2.0
-#: Config fields that identify the plain run a class-balanced run is compared with (all but β).
-PAIR_KEYS: tuple[str, ...] = tuple(k for k in GROUP_KEYS if k not in ("label", "beta"))
+#: Config fields that identify the plain run a class-balanced run is compared with (all but the
+#: weighting: β and the scheme).
+PAIR_KEYS: tuple[str, ...] = tuple(
+    k for k in GROUP_KEYS if k not in ("label", "class_balanced", "beta", "scheme")
+)
 _EXTRA = ("per_class_accuracy", "train_counts")
 
 
 def empty_results() -> pd.DataFrame:
     """A results frame with the columns of ``load_results`` and no rows."""
-    df = pd.DataFrame(columns=[*SUMMARY_COLUMNS, *_EXTRA])
-    for name in ("imbalance_factor", "beta", "gamma"):
-        df[name] = df[name].astype(float)
-    return df
+    return frame([], extra=_EXTRA)
 
 
 def results_for(configs: Iterable[RunConfig], out_dir: str | os.PathLike[str]) -> pd.DataFrame:
@@ -88,14 +90,17 @@ def _paired_wins(plain: pd.DataFrame, cb: pd.DataFrame, metric: str) -> str:
 
 
 def cb_vs_plain(df: pd.DataFrame, metric: str = "top1_error") -> pd.DataFrame:
-    """Each class-balanced setting beside its plain loss (same data, model, schedule; β = 0).
+    """Each class-balanced setting beside its plain loss (same method, data, model, schedule,
+    with uniform weights).
 
     Columns: mean, std (ddof=1) and n over seeds for both, ``diff`` = CB - plain, ``se`` =
     sqrt(s_plain²/n_plain + s_cb²/n_cb) (the standard error of the difference of the means),
     ``cb_lower`` (in how many seeds run with both CB has the lower value, e.g. '3/3') and a
     ``verdict``: 'CB better' / 'CB worse' when |diff| > NOISE_SE·se, else 'within seed noise'.
     Lower is better for errors; pass an accuracy ``metric`` and read the signs the other way.
-    A CB setting without a plain partner in ``df`` is left out.
+    A CB setting without a plain partner in ``df`` is left out (for example every method that
+    has no plain form, such as LDAM). ``weighting`` is 'β' for effective-number weights and
+    '1/n' or '1/√n' for the other schemes.
     """
     missing = [c for c in (*GROUP_KEYS, "seed", metric) if c not in df.columns]
     if missing:
@@ -105,6 +110,7 @@ def cb_vs_plain(df: pd.DataFrame, metric: str = "top1_error") -> pd.DataFrame:
         "imbalance_factor",
         "loss",
         "beta",
+        "weighting",
         "plain_mean",
         "plain_std",
         "plain_n",
@@ -116,13 +122,16 @@ def cb_vs_plain(df: pd.DataFrame, metric: str = "top1_error") -> pd.DataFrame:
         "cb_lower",
         "verdict",
     ]
-    data = df.assign(_gamma=df["gamma"].astype(float).fillna(-1.0))
-    keys = [k if k != "gamma" else "_gamma" for k in PAIR_KEYS]
+    # NaN never equals NaN, so group on filled copies of the parameters a method may lack.
+    fill = {k: df[k].astype(float).fillna(-1.0) for k in ("gamma", "tau", "max_margin", "scale")}
+    data = df.assign(**{f"_{k}": v for k, v in fill.items()})
+    keys = [f"_{k}" if k in fill else k for k in PAIR_KEYS]
+    balanced = data["class_balanced"].astype(bool)
     plain_groups = {
-        key: group for key, group in data[data["beta"] == 0].groupby(keys, dropna=False, sort=False)
+        key: group for key, group in data[~balanced].groupby(keys, dropna=False, sort=False)
     }
     rows = []
-    for key, cb in data[data["beta"] > 0].groupby([*keys, "beta"], dropna=False, sort=False):
+    for key, cb in data[balanced].groupby([*keys, "label"], dropna=False, sort=False):
         plain = plain_groups.get(key[:-1])
         if plain is None:
             continue
@@ -136,6 +145,8 @@ def cb_vs_plain(df: pd.DataFrame, metric: str = "top1_error") -> pd.DataFrame:
                 "imbalance_factor": float(cb["imbalance_factor"].iloc[0]),
                 "loss": plain["label"].iloc[0],
                 "beta": float(cb["beta"].iloc[0]),
+                "weighting": _weighting(cb["scheme"].iloc[0], float(cb["beta"].iloc[0])),
+                "loss_type": cb["loss_type"].iloc[0],
                 "plain_mean": float(p.mean()),
                 "plain_std": float(p.std(ddof=1)) if p_n > 1 else math.nan,
                 "plain_n": p_n,
@@ -148,17 +159,21 @@ def cb_vs_plain(df: pd.DataFrame, metric: str = "top1_error") -> pd.DataFrame:
                 "verdict": _verdict(diff, se, p_n, c_n),
             }
         )
-    out = pd.DataFrame(rows, columns=columns)
+    out = pd.DataFrame(rows, columns=[*columns, "loss_type"])
     if out.empty:
-        return out
-    order = {"softmax": 0, "sigmoid": 1, "focal": 2}
-    rank = out["loss"].map(lambda s: order.get(s.split(" ")[0], 9))
+        return out.drop(columns="loss_type")
+    rank = out["loss_type"].map({name: m.order for name, m in METHODS.items()})
     out = out.assign(_d=out["dataset"], _i=-out["imbalance_factor"], _l=rank)
     return (
-        out.sort_values(["_d", "_i", "_l", "loss", "beta"], kind="stable")
-        .drop(columns=["_d", "_i", "_l"])
+        out.sort_values(["_d", "_i", "_l", "loss", "weighting", "beta"], kind="stable")
+        .drop(columns=["_d", "_i", "_l", "loss_type"])
         .reset_index(drop=True)
     )
+
+
+def _weighting(scheme: str, beta: float) -> str:
+    """How a row is weighted, for tables: the β of effective numbers, or '1/n' / '1/√n'."""
+    return {"inverse": "1/n", "sqrt_inverse": "1/√n"}.get(scheme, f"{beta:g}")
 
 
 def _mean_std(mean: float, std: float) -> str:
@@ -182,7 +197,7 @@ def cb_vs_plain_markdown(table: pd.DataFrame) -> str:
         lines.append(
             f"| {dataset_title(row.dataset)} | {row.imbalance_factor:g} "
             f"| {row.loss} | {_mean_std(row.plain_mean, row.plain_std)} "
-            f"| {_mean_std(row.cb_mean, row.cb_std)} ({row.beta:g}) | {diff} "
+            f"| {_mean_std(row.cb_mean, row.cb_std)} ({row.weighting}) | {diff} "
             f"| {row.cb_lower} seeds | {row.verdict} |"
         )
     return "\n".join(lines)

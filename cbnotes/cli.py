@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-    from cbnotes.experiments import RunConfig
+    from cbnotes.config import RunConfig
 
 DEFAULT_OUT = "runs"
 
@@ -46,8 +46,9 @@ examples:
       --depth 8 --base-width 8 --download
   cbnotes run-one --dataset cifar10 --if 100 --loss focal --gamma 1.0 --beta 0.9999 --download
 
---beta 0 (the default) is the plain loss; --beta > 0 re-weights by the effective number of
-samples (0.9999 is close to inverse class frequency, 0.9 is almost uniform).
+--beta 0 (the default for softmax, sigmoid and focal) is the plain loss; --beta > 0 re-weights by
+the effective number of samples (0.9999 is close to inverse class frequency). `cbnotes methods`
+lists every method with its parameters and defaults.
 """
 
 
@@ -124,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--loss",
         nargs="+",
         default=None,
-        choices=("softmax", "sigmoid", "focal"),
-        help="keep only these losses",
+        metavar="METHOD",
+        help="keep only these methods (see `cbnotes methods`)",
     )
     run.add_argument(
         "--seeds",
@@ -170,17 +171,42 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument(
         "--loss",
         default="softmax",
-        choices=("softmax", "sigmoid", "focal"),
-        help="loss type (default: softmax)",
+        metavar="METHOD",
+        help="method: softmax, sigmoid, focal, or a later method (see `cbnotes methods`; "
+        "default: softmax)",
     )
     one.add_argument(
-        "--beta", type=float, default=0.0, help="β in [0, 1); 0 = plain loss (default: 0)"
+        "--beta",
+        type=float,
+        default=None,
+        help="β in [0, 1) of the effective-number weights; 0 = plain loss (default: the method's)",
     )
     one.add_argument(
         "--gamma",
         type=float,
         default=None,
         help="focal exponent γ (required for --loss focal, e.g. 1.0)",
+    )
+    one.add_argument(
+        "--scheme",
+        default=None,
+        help="class weights: effective (1/E_n), inverse (1/n), sqrt_inverse (1/√n) or none "
+        "(default: the method's)",
+    )
+    one.add_argument("--tau", type=float, default=None, help="logit-adjustment τ (default: 1)")
+    one.add_argument(
+        "--max-margin", type=float, default=None, help="LDAM's largest margin (default: 0.5)"
+    )
+    one.add_argument("--scale", type=float, default=None, help="LDAM's logit scale (default: 30)")
+    one.add_argument(
+        "--shortcut",
+        default="avgpool",
+        help="ResNet shortcut: avgpool (the official code) or subsample (default: avgpool)",
+    )
+    one.add_argument(
+        "--init",
+        default="glorot",
+        help="initialization: glorot (the official code) or kaiming (default: glorot)",
     )
     one.add_argument("--seed", type=int, default=0, help="model/order seed (default: 0)")
     one.add_argument("--epochs", type=int, default=200, help="epochs (default: 200)")
@@ -222,6 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmp_.add_argument(
         "--out", default=DEFAULT_OUT, metavar="DIR", help=f"results folder (default: {DEFAULT_OUT})"
+    )
+
+    sub.add_parser(
+        "methods",
+        help="list the methods with their parameters",
+        description="List every registered method: display name, what it changes, its "
+        "parameters with defaults, head and source.",
     )
 
     sub.add_parser(
@@ -288,6 +321,19 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_methods(args: argparse.Namespace) -> int:
+    """List the method registry."""
+    from cbnotes.methods import METHODS, method_choices
+
+    for name in method_choices():
+        method = METHODS[name]
+        params = ", ".join(f"{k}={v!r}" for k, v in method.params.items()) or "none"
+        print(f"{name:17s} {method.title} ({method.reference})")
+        print(f"{'':17s}   changes {method.changes}")
+        print(f"{'':17s}   parameters: {params}; head: {method.head}")
+    return 0
+
+
 def _selected(args: argparse.Namespace) -> list[RunConfig]:
     """The preset's configs after filters and overrides."""
     from cbnotes.presets import filter_configs, get_preset, with_overrides, with_seeds
@@ -305,8 +351,8 @@ def _selected(args: argparse.Namespace) -> list[RunConfig]:
 
 def _sweep(configs: list[RunConfig], args: argparse.Namespace) -> int:
     """Run configs, print the summary table and where the results are."""
-    from cbnotes.experiments import run_sweep
     from cbnotes.report import results_table
+    from cbnotes.runner import run_sweep
 
     df = run_sweep(
         configs,
@@ -325,8 +371,8 @@ def _sweep(configs: list[RunConfig], args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     """Run (or list with --dry-run) a preset."""
-    from cbnotes.experiments import run_status
     from cbnotes.presets import resolve_preset_name
+    from cbnotes.results import run_status
 
     if args.preset == "auto":
         args.preset = resolve_preset_name("auto")
@@ -345,7 +391,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_run_one(args: argparse.Namespace) -> int:
     """Run a single configuration."""
-    from cbnotes.experiments import RunConfig
+    from cbnotes.config import RunConfig
 
     config = RunConfig(
         dataset=args.dataset,
@@ -353,6 +399,12 @@ def _cmd_run_one(args: argparse.Namespace) -> int:
         loss_type=args.loss,
         beta=args.beta,
         gamma=args.gamma,
+        scheme=args.scheme,
+        tau=args.tau,
+        max_margin=args.max_margin,
+        scale=args.scale,
+        shortcut=args.shortcut,
+        init=args.init,
         seed=args.seed,
         epochs=args.epochs,
         depth=args.depth,
@@ -365,7 +417,7 @@ def _cmd_run_one(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     """Finished runs plus interrupted ones (checkpoints)."""
-    from cbnotes.experiments import load_results
+    from cbnotes.results import load_results
 
     df = load_results(args.out)
     if df.empty:
@@ -381,7 +433,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     """Write the summary of all finished runs to a CSV file."""
-    from cbnotes.experiments import SUMMARY_COLUMNS, load_results, write_csv_atomic
+    from cbnotes.results import SUMMARY_COLUMNS, load_results, write_csv_atomic
 
     df = load_results(args.out)
     write_csv_atomic(df.loc[:, list(SUMMARY_COLUMNS)], args.to)
@@ -391,8 +443,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     """Our aggregated results beside Table 2."""
-    from cbnotes.experiments import load_results
     from cbnotes.report import compare_with_paper
+    from cbnotes.results import load_results
 
     df = load_results(args.out)
     if df.empty:
@@ -408,8 +460,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_figures(args: argparse.Namespace) -> int:
     """Write the report figures as PNG."""
-    from cbnotes.experiments import load_results
     from cbnotes.report import plot_per_class, plot_results
+    from cbnotes.results import load_results
 
     if args.preset is None:
         df = load_results(args.out)
@@ -452,6 +504,7 @@ _COMMANDS = {
     "list": _cmd_list,
     "export": _cmd_export,
     "compare": _cmd_compare,
+    "methods": _cmd_methods,
     "presets": _cmd_presets,
     "summary": _cmd_summary,
     "figures": _cmd_figures,

@@ -8,9 +8,16 @@ The shortcut is He et al.'s parameter-free "option A": the identity, or, where a
 the resolution and doubles the width, a spatial subsampling followed by zero-padding of the new
 channels. Two subsampling rules are available (``shortcut=``):
 
-- ``"subsample"`` (default): keep every other pixel, ``x[:, :, ::2, ::2]`` (He et al.).
-- ``"avgpool"``: 2×2 average pooling with stride 2, as in the authors' TensorFlow code
-  (``model_base.py``, ``_residual_v1``), which produced the paper's Table 2.
+- ``"avgpool"`` (default): 2×2 average pooling with stride 2, as in the authors' TensorFlow
+  code (``model_base.py``, ``_residual_v1``), which produced the paper's Table 2.
+- ``"subsample"``: keep every other pixel, ``x[:, :, ::2, ::2]`` (He et al.; also the LDAM
+  authors' code).
+
+Two initializations (``init=``): ``"glorot"`` (default), Glorot-uniform kernels for every conv
+and the head as the official code's TF1 ``tf.layers`` defaults, or ``"kaiming"``, Kaiming-normal
+(fan-out) kernels as in most PyTorch CIFAR code. BatchNorm starts at γ = 1, β = 0 and the head
+bias at 0 either way. The head (``head=``) is a linear layer, or for LDAM a cosine head
+(:class:`NormedLinear`: normalized features times normalized class vectors, no bias).
 
 The model works on any input of at least 8×8 pixels (CIFAR 32×32, Fashion-MNIST 28×28, small
 synthetic images) and with ``torch.channels_last`` memory format. It expects already normalized
@@ -23,11 +30,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cbnotes.losses import LOSS_TYPES, prior_bias
+from cbnotes.losses import prior_bias
+from cbnotes.methods import HEADS, get_method
 
-SHORTCUTS = ("subsample", "avgpool")
+SHORTCUTS = ("avgpool", "subsample")
+INITS = ("glorot", "kaiming")
 
-__all__ = ["SHORTCUTS", "BasicBlock", "ResNetCifar", "init_head_for_loss", "resnet_cifar"]
+__all__ = [
+    "HEADS",
+    "INITS",
+    "SHORTCUTS",
+    "BasicBlock",
+    "NormedLinear",
+    "ResNetCifar",
+    "classifier_stats",
+    "init_head_for_loss",
+    "resnet_cifar",
+]
 
 BN_MOMENTUM = 0.1  # PyTorch convention; equals TF batch-norm decay 0.9 (paper.md)
 BN_EPS = 1e-5
@@ -76,6 +95,35 @@ class BasicBlock(nn.Module):
         return F.relu(out + self._shortcut(x))
 
 
+class NormedLinear(nn.Module):
+    """Cosine head: ``normalize(x) @ normalize(W)ᵀ``, logits in [-1, 1], no bias (LDAM).
+
+    ``weight`` has shape (out_features, in_features) like ``nn.Linear``'s, and starts as random
+    unit-norm rows (uniform in [-1, 1], then normalized), as in the LDAM authors' code.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Uniform in [-1, 1], each class vector scaled to unit length."""
+        with torch.no_grad():
+            self.weight.uniform_(-1.0, 1.0)
+            self.weight.div_(self.weight.norm(dim=1, keepdim=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of each feature vector with each class vector."""
+        return F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).t()
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
 class ResNetCifar(nn.Module):
     """CIFAR ResNet v1: stem, three stages of basic blocks, global average pool, ``fc``."""
 
@@ -86,6 +134,8 @@ class ResNetCifar(nn.Module):
         in_channels: int,
         base_width: int,
         shortcut: str,
+        init: str = "glorot",
+        head: str = "linear",
     ) -> None:
         super().__init__()
         widths = (base_width, 2 * base_width, 4 * base_width)
@@ -101,21 +151,32 @@ class ResNetCifar(nn.Module):
                 in_planes = width
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
-        self.fc = nn.Linear(widths[-1], num_classes)
+        linear = head == "linear"
+        self.fc = (
+            nn.Linear(widths[-1], num_classes) if linear else NormedLinear(widths[-1], num_classes)
+        )
         self.num_classes = num_classes
+        self.init = init
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Kaiming-normal convs (fan_out, ReLU) and head, BN γ = 1 and β = 0, head bias 0."""
+        """Conv and linear kernels by ``init`` (Glorot-uniform or Kaiming-normal), BN γ = 1 and
+        β = 0, head bias 0; a cosine head keeps its own unit-norm initialization."""
         for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                if self.init == "glorot":
+                    nn.init.xavier_uniform_(module.weight)
+                elif isinstance(module, nn.Conv2d):
+                    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                else:
+                    nn.init.kaiming_normal_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.kaiming_normal_(module.weight)
-                nn.init.zeros_(module.bias)
+            elif isinstance(module, NormedLinear):
+                module.reset_parameters()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features: the globally average-pooled output of stage 3, (B, 4w)."""
@@ -140,9 +201,15 @@ def resnet_cifar(
     in_channels: int = 3,
     base_width: int = 16,
     *,
-    shortcut: str = "subsample",
+    shortcut: str = "avgpool",
+    init: str = "glorot",
+    head: str = "linear",
 ) -> ResNetCifar:
-    """Build the CIFAR ResNet-``depth`` v1 of He et al. (2016), depth = 6n + 2 (ResNet-32: n=5)."""
+    """Build the CIFAR ResNet-``depth`` v1 of He et al. (2016), depth = 6n + 2 (ResNet-32: n=5).
+
+    The defaults build it as the paper's official code does (average-pool shortcut,
+    Glorot-uniform init, linear head); see the module docstring for the alternatives.
+    """
     _check_positive_int("depth", depth, 8, "use 6n+2: 8, 14, 20, 32, 44, 56, 110")
     if (depth - 2) % 6:
         raise ValueError(
@@ -152,21 +219,36 @@ def resnet_cifar(
     _check_positive_int("num_classes", num_classes, 2, "a classifier needs at least 2 classes")
     _check_positive_int("in_channels", in_channels, 1, "use 3 for RGB, 1 for grayscale")
     _check_positive_int("base_width", base_width, 1, "the paper uses 16")
-    if shortcut not in SHORTCUTS:
-        raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
-    return ResNetCifar((depth - 2) // 6, num_classes, in_channels, base_width, shortcut)
+    for name, value, choices in (
+        ("shortcut", shortcut, SHORTCUTS),
+        ("init", init, INITS),
+        ("head", head, HEADS),
+    ):
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return ResNetCifar((depth - 2) // 6, num_classes, in_channels, base_width, shortcut, init, head)
 
 
 def init_head_for_loss(model: nn.Module, loss_type: str) -> nn.Module:
-    """Set ``fc.bias`` to the prior -log(C-1) for sigmoid/focal heads (see prior_bias); in place."""
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    """Give ``model.fc`` the head initialization of method ``loss_type``; in place.
+
+    Methods with a prior bias (sigmoid, focal) start the head bias at -log(C-1) (see
+    :func:`cbnotes.losses.prior_bias`); the head's kind must match the method's (linear or
+    cosine, :data:`cbnotes.methods.METHODS`).
+    """
+    method = get_method(loss_type)
     fc = getattr(model, "fc", None)
-    if not isinstance(fc, nn.Linear) or fc.bias is None:
+    kind = {nn.Linear: "linear", NormedLinear: "cosine"}.get(type(fc))
+    if kind is None:
+        raise ValueError("model must have a head named `fc` (build it with resnet_cifar)")
+    if kind != method.head:
         raise ValueError(
-            "model must have a linear head with a bias named `fc` (build it with resnet_cifar)"
+            f"method {loss_type!r} needs a {method.head} head but model.fc is {kind}; "
+            f"build the model with resnet_cifar(..., head={method.head!r})"
         )
-    if loss_type != "softmax":
+    if method.prior_bias:
+        if fc.bias is None:
+            raise ValueError(f"method {loss_type!r} needs a head bias, but model.fc has none")
         with torch.no_grad():
             fc.bias.fill_(prior_bias(fc.out_features))
     return model

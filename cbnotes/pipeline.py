@@ -5,6 +5,12 @@ augmented (zero-pad 4, random 32×32 crop, random horizontal flip) and normalize
 there, with no worker processes and no host synchronisation. The shuffle and augmentation of an
 epoch are a pure function of (seed, epoch), so a run resumed at epoch k sees exactly the batches
 an uninterrupted run would (on the same device type).
+
+With ``class_weights`` (one weight w_j per class, e.g. from
+:func:`cbnotes.effective.class_weights`) the loader re-samples instead of shuffling: each epoch
+draws as many images as the training set has, with replacement, image i with probability
+∝ w_{y_i}, so class j makes up a share n_j·w_j / Σ_k n_k·w_k of the epoch (class-balanced
+re-sampling: uniform over classes for w ∝ 1/n).
 """
 
 from __future__ import annotations
@@ -81,8 +87,10 @@ class DeviceLoader:
         pad: int = 4,
         drop_last: bool = False,
         channels_last: bool = False,
+        class_weights: torch.Tensor | None = None,
     ) -> None:
-        """Move ``data`` to ``device``; ``train`` turns on per-epoch shuffle and augmentation."""
+        """Move ``data`` to ``device``; ``train`` turns on per-epoch shuffle and augmentation,
+        and ``class_weights`` (training only) per-epoch re-sampling by class."""
         if not isinstance(data, ImageSet):
             raise ValueError(f"data must be a cbnotes.data.ImageSet, got {type(data).__name__}")
         if len(data) == 0:
@@ -96,11 +104,29 @@ class DeviceLoader:
         self.device = torch.device(device)
         self.data = data.to(self.device)
         self.epoch = 0
+        self.sample_weights = self._sample_weights(class_weights)
         if self.drop_last and len(self) == 0:
             raise ValueError(
                 f"batch_size {batch_size} exceeds the {len(data)} images with drop_last=True, "
                 "so an epoch would be empty; lower batch_size or set drop_last=False"
             )
+
+    def _sample_weights(self, class_weights: torch.Tensor | None) -> Tensor | None:
+        """Per-image sampling weights w_{y_i} on the device (None: a plain shuffle)."""
+        if class_weights is None:
+            return None
+        if not self.train:
+            raise ValueError("class_weights re-sample the training set; leave them None for test")
+        num_classes = self.data.num_classes
+        weights = torch.as_tensor(class_weights, dtype=torch.float64)
+        if weights.shape != (num_classes,) or not bool(
+            torch.isfinite(weights).all() and (weights >= 0).all() and (weights > 0).any()
+        ):
+            raise ValueError(
+                f"class_weights must hold {num_classes} finite weights >= 0, not all 0 (one per "
+                f"class); got {class_weights!r}"
+            )
+        return weights.to(self.device)[self.data.labels.long()]
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose shuffle and augmentation the next iteration replays."""
@@ -120,7 +146,11 @@ class DeviceLoader:
         images, labels = self.data.images, self.data.labels
         if self.train:
             g = self.generator()
-            order = torch.randperm(len(self.data), generator=g, device=self.device)
+            n = len(self.data)
+            if self.sample_weights is None:
+                order = torch.randperm(n, generator=g, device=self.device)
+            else:
+                order = torch.multinomial(self.sample_weights, n, replacement=True, generator=g)
         for k in range(len(self)):
             lo, hi = k * self.batch_size, (k + 1) * self.batch_size
             if self.train:

@@ -1,6 +1,7 @@
-"""Named sweeps: the paper's grid (GPU), a Fashion-MNIST study sized for 2 CPU cores, a smoke test.
+"""Named sweeps: the paper's grid and the later methods (GPU), Fashion-MNIST studies sized for
+2 CPU cores, a smoke test.
 
-``get_preset(name)`` returns the list of :class:`~cbnotes.experiments.RunConfig`; ``PRESETS``
+``get_preset(name)`` returns the list of :class:`~cbnotes.config.RunConfig`; ``PRESETS``
 maps each name to a :class:`Preset` with a one-paragraph description.
 """
 
@@ -10,7 +11,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from cbnotes.experiments import RunConfig
+from cbnotes.config import RunConfig
 
 #: The paper's hyper-parameter search (Sec. 5.2).
 PAPER_BETAS: tuple[float, ...] = (0.9, 0.99, 0.999, 0.9999)
@@ -32,7 +33,28 @@ PAPER_BEST_CB: dict[tuple[str, int], tuple[str, float, float | None]] = {
     ("cifar100", 10): ("focal", 0.999, 0.5),
 }
 
-# CPU study (Fashion-MNIST-LT on 2 cores): the one place to tune its size.
+#: The methods the paper is measured against, beside its own losses (``beyond``, ``cpu-methods``):
+#: (method, parameters) with the registry's defaults for everything not given.
+LATER_METHODS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("softmax", {}),
+    ("softmax", {"scheme": "inverse"}),
+    ("softmax", {"scheme": "sqrt_inverse"}),
+    ("softmax", {"beta": 0.999}),
+    ("softmax", {"beta": 0.9999}),
+    ("sigmoid", {"beta": 0.9999}),
+    ("focal", {"beta": 0.9999, "gamma": 1.0}),
+    ("resample", {}),
+    ("drw", {}),
+    ("ldam", {}),
+    ("ldam_drw", {}),
+    ("balanced_softmax", {}),
+    ("logit_adjusted", {}),
+)
+BEYOND_IMBALANCE: tuple[int, ...] = (100, 10)
+
+# CPU study (Fashion-MNIST-LT on 2 cores): the one place to tune its size. Its model keeps the
+# subsample shortcut and Kaiming init it was first run with, so the committed runs stay valid.
+CPU_MODEL = {"shortcut": "subsample", "init": "kaiming"}
 CPU_DEPTH = 8
 CPU_BASE_WIDTH = 8
 CPU_EPOCHS = 12
@@ -97,8 +119,23 @@ def _paper_best_runs() -> list[RunConfig]:
     return runs
 
 
+def _beyond_runs() -> list[RunConfig]:
+    """CIFAR-LT IF 100 and 10: every method of LATER_METHODS, ResNet-32, the paper's recipe."""
+    return [
+        RunConfig(dataset, imbalance, loss, **params)
+        for dataset in PAPER_DATASETS
+        for imbalance in BEYOND_IMBALANCE
+        for loss, params in LATER_METHODS
+    ]
+
+
 def _cpu_config(
-    imbalance: int, seed: int, loss: str, beta: float, gamma: float | None
+    imbalance: int,
+    seed: int,
+    loss: str,
+    beta: float | None = None,
+    gamma: float | None = None,
+    **params: Any,
 ) -> RunConfig:
     """One Fashion-MNIST-LT run with the CPU study's model and schedule."""
     return RunConfig(
@@ -113,7 +150,18 @@ def _cpu_config(
         epochs=CPU_EPOCHS,
         batch_size=CPU_BATCH_SIZE,
         eval_every=CPU_EVAL_EVERY,
+        **CPU_MODEL,
+        **params,
     )
+
+
+def _cpu_methods_runs() -> list[RunConfig]:
+    """Fashion-MNIST-LT IF 100: every method of LATER_METHODS, seeds 0-2, the 'cpu' model."""
+    return [
+        _cpu_config(100, seed, loss, **params)
+        for seed in CPU_SEEDS
+        for loss, params in LATER_METHODS
+    ]
 
 
 def _cpu_runs(imbalances: Sequence[int], seeds: Sequence[int]) -> list[RunConfig]:
@@ -128,7 +176,7 @@ def _cpu_runs(imbalances: Sequence[int], seeds: Sequence[int]) -> list[RunConfig
 
 def _cpu_quick_runs() -> list[RunConfig]:
     """Softmax and focal, plain and CB, IF 100, seed 0: the runs 'cpu' and 'cpu-sweep' share."""
-    return [c for c in _cpu_runs((100,), (0,)) if c.loss_type != "sigmoid"]
+    return [c for c in _cpu_runs((100,), (0,)) if c.loss_type in ("softmax", "focal")]
 
 
 def _cpu_sweep_runs() -> list[RunConfig]:
@@ -184,6 +232,15 @@ PRESETS: dict[str, Preset] = {
             _paper_best_runs,
         ),
         Preset(
+            "beyond",
+            "The paper beside the methods measured against it, on CIFAR-10-LT and CIFAR-100-LT at "
+            "IF 100 and 10: plain softmax; softmax weighted by 1/n, 1/√n and 1/E_n (β 0.999, "
+            "0.9999); CB sigmoid and CB focal (γ=1); CB re-sampling; DRW; LDAM; LDAM-DRW; "
+            "Balanced Softmax; logit-adjusted loss (post-hoc adjustment is reported for the "
+            "plain runs). ResNet-32, the paper's recipe, seed 0. GPU only.",
+            _beyond_runs,
+        ),
+        Preset(
             "cpu",
             f"Fashion-MNIST-LT, IF {'/'.join(map(str, CPU_IMBALANCE))}: softmax, sigmoid, focal "
             f"(γ={CPU_GAMMA}), each plain and class-balanced (β={CPU_BETA}), seeds "
@@ -204,6 +261,14 @@ PRESETS: dict[str, Preset] = {
             f"{'/'.join(map(str, PAPER_GAMMAS))} plain and CB (β={CPU_BETA}); the 'cpu' model "
             "and schedule. Runs shared with 'cpu' are reused.",
             _cpu_sweep_runs,
+        ),
+        Preset(
+            "cpu-methods",
+            f"Fashion-MNIST-LT IF 100, seeds {', '.join(map(str, CPU_SEEDS))}: every method of "
+            "'beyond' (the paper's losses, 1/n and 1/√n weights, re-sampling, DRW, LDAM, "
+            "LDAM-DRW, Balanced Softmax, logit adjustment) with the 'cpu' model and schedule; "
+            "runs shared with 'cpu' and 'cpu-sweep' are reused.",
+            _cpu_methods_runs,
         ),
         Preset(
             "smoke",

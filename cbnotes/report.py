@@ -18,9 +18,11 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from cbnotes._files import atomic_path
 from cbnotes.data import dataset_title
-from cbnotes.experiments import GROUP_KEYS, aggregate, atomic_path, sort_methods
+from cbnotes.methods import PARAMS
 from cbnotes.paper import paper_table2
+from cbnotes.results import GROUP_KEYS, aggregate, sort_methods
 
 #: Column names that make clear which number is whose.
 OURS = "ours (mean)"
@@ -39,6 +41,8 @@ def _same(a: Any, b: Any) -> bool:
 
 def _paper_match(row: pd.Series, paper: pd.DataFrame) -> pd.Series | None:
     """The Table 2 row for our (dataset, IF, loss, β, γ), if the paper reports that setting."""
+    if row["scheme"] != "effective":  # Table 2 has effective-number weights only
+        return None
     cells = paper[
         (paper["dataset"] == row["dataset"])
         & (paper["imbalance_factor"] == row["imbalance_factor"])
@@ -60,7 +64,7 @@ def _note(row: pd.Series, cell: pd.Series | None, paper_datasets: set[str]) -> s
     if row["dataset"] not in paper_datasets:
         return f"no paper number: {row['dataset']} is not in the paper's Table 2"
     if cell is None:
-        if row["beta"] > 0:
+        if row["class_balanced"]:
             return "no paper number: Table 2 lists only the best class-balanced setting"
         return "no paper number for this setting"
     notes = []
@@ -125,7 +129,7 @@ def results_table(df: pd.DataFrame, metric: str = "top1_error") -> pd.DataFrame:
         _cell_text(m, s, int(n))
         for m, s, n in zip(agg[f"{metric}_mean"], agg[f"{metric}_std"], agg["n"], strict=True)
     ]
-    fixed = {"dataset", "imbalance_factor", "label", "loss_type", "beta", "gamma"}
+    fixed = {"dataset", "imbalance_factor", "label", "class_balanced", "loss_type", *PARAMS}
     varying = [k for k in GROUP_KEYS if k not in fixed and agg[k].nunique(dropna=False) > 1]
     index = ["label", *varying]
     order = list(dict.fromkeys(agg["label"]))
@@ -181,7 +185,7 @@ def plot_results(df: pd.DataFrame, path: str | os.PathLike[str] | None = None) -
     """Top-1 error per method (bar = mean over seeds, dots = seeds), one panel per (dataset, IF)."""
     import seaborn as sns
 
-    _check_rows(df, ("dataset", "imbalance_factor", "label", "top1_error", "beta"))
+    _check_rows(df, ("dataset", "imbalance_factor", "label", "top1_error", "class_balanced"))
     facets = _facets(df)
     fig = Figure(figsize=(4.2 * len(facets), 4.2), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(facets), squeeze=False)[0])
@@ -189,7 +193,7 @@ def plot_results(df: pd.DataFrame, path: str | os.PathLike[str] | None = None) -
         part = sort_methods(
             df[(df["dataset"] == dataset) & (df["imbalance_factor"] == imbalance)].copy()
         )
-        part["kind"] = np.where(part["beta"] > 0, "class-balanced", "plain")
+        part["kind"] = np.where(part["class_balanced"].astype(bool), "class-balanced", "plain")
         order = list(dict.fromkeys(part["label"]))
         palette = {"plain": "#9aa5b1", "class-balanced": "#d1495b"}
         sns.barplot(
@@ -245,7 +249,7 @@ def plot_per_class(df: pd.DataFrame, path: str | os.PathLike[str] | None = None)
         ax.set_zorder(twin.get_zorder() + 1)
         ax.patch.set_visible(False)
         for label, runs in part.groupby("label", sort=False):
-            cb = bool(runs["beta"].iloc[0] > 0)
+            cb = bool(runs["class_balanced"].iloc[0])
             ax.plot(
                 classes,
                 _mean_per_class(runs["per_class_accuracy"]),

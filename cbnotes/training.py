@@ -31,7 +31,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cbnotes.losses import LOSS_TYPES
+from cbnotes.losses import posthoc_logit_adjustment
+from cbnotes.methods import get_method
 from cbnotes.metrics import confusion_matrix, summarize
 
 __all__ = [
@@ -197,37 +198,32 @@ class Recipe:
         return cls(**dict(data))
 
 
-def _check_loss_type(loss_type: str) -> None:
-    """Raise ValueError unless ``loss_type`` is one of the paper's three losses."""
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-
-
 def build_optimizer(model: nn.Module, recipe: Recipe, loss_type: str) -> torch.optim.SGD:
-    """SGD with momentum and weight decay on all weights; no decay on ``fc.bias`` for sigmoid/focal.
+    """SGD with momentum and weight decay on every trainable parameter except those the method
+    exempts (:attr:`cbnotes.methods.Method.decay_exempt`: ``fc.bias`` for sigmoid and focal).
 
-    "All weights" means every trainable parameter: conv and linear weights, the head bias, and
-    the BatchNorm scales γ and shifts β. The authors' TensorFlow code decays every trainable
-    variable (``tf.trainable_variables()``) and, for sigmoid and focal losses, every one except
-    the dense bias, whose prior initialization -log(C-1) would otherwise be pulled toward 0
-    (paper.md). PyTorch's ``weight_decay=λ`` adds λ·w to the gradient, the same update as TF's
+    "Every trainable parameter" means conv and linear weights, the head bias, and the BatchNorm
+    scales γ and shifts β. The authors' TensorFlow code decays every trainable variable
+    (``tf.trainable_variables()``) and, for sigmoid and focal losses, every one except the dense
+    bias, whose prior initialization -log(C-1) would otherwise be pulled toward 0 (paper.md).
+    PyTorch's ``weight_decay=λ`` adds λ·w to the gradient, the same update as TF's
     λ·``l2_loss(w)`` = λ·‖w‖²/2 term in the loss.
     """
-    _check_loss_type(loss_type)
+    method = get_method(loss_type)
     if not isinstance(recipe, Recipe):
         raise ValueError(f"recipe must be a Recipe, got {type(recipe).__name__}")
-    exempt: nn.Parameter | None = None
-    if loss_type != "softmax":
-        fc = getattr(model, "fc", None)
-        if not isinstance(fc, nn.Linear) or fc.bias is None:
-            raise ValueError(
-                f"loss_type={loss_type!r} needs a model whose linear head with bias is named `fc`"
-            )
-        exempt = fc.bias
-    decay = [p for p in model.parameters() if p.requires_grad and p is not exempt]
+    named = dict(getattr(model, "_orig_mod", model).named_parameters())
+    missing = [name for name in method.decay_exempt if name not in named]
+    if missing:
+        raise ValueError(
+            f"loss_type={loss_type!r} exempts {missing} from weight decay, but the model has no "
+            f"such parameter (build it with resnet_cifar, whose head with bias is named `fc`)"
+        )
+    exempt = [named[name] for name in method.decay_exempt if named[name].requires_grad]
+    decay = [p for p in model.parameters() if p.requires_grad and all(p is not e for e in exempt)]
     groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": recipe.weight_decay}]
-    if exempt is not None and exempt.requires_grad:
-        groups.append({"params": [exempt], "weight_decay": 0.0})
+    if exempt:
+        groups.append({"params": exempt, "weight_decay": 0.0})
     return torch.optim.SGD(
         groups,
         lr=recipe.lr,
@@ -367,8 +363,9 @@ class Trainer:
         amp: str = "auto",
         progress: bool = True,
         compile: bool = False,
+        posthoc_tau: float | None = None,
     ) -> None:
-        _check_loss_type(loss_type)
+        get_method(loss_type)
         if not isinstance(recipe, Recipe):
             raise ValueError(f"recipe must be a Recipe, got {type(recipe).__name__}")
         if not _is_int(num_classes) or num_classes < 2:
@@ -380,7 +377,7 @@ class Trainer:
                 f"got {counts}"
             )
         head = getattr(model, "fc", None)
-        if isinstance(head, nn.Linear) and head.out_features != num_classes:
+        if getattr(head, "out_features", num_classes) != num_classes:
             raise ValueError(
                 f"num_classes={num_classes} but model.fc has {head.out_features} outputs; "
                 "build the model with the dataset's number of classes"
@@ -407,6 +404,7 @@ class Trainer:
         self.num_classes = int(num_classes)
         self.train_counts = counts
         self.progress = bool(progress)
+        self.posthoc_tau = None if posthoc_tau is None else float(posthoc_tau)
         self.steps_per_epoch = steps
         self.optimizer = build_optimizer(self.model, recipe, loss_type)
         self.scheduler = build_scheduler(self.optimizer, recipe, steps)
@@ -443,6 +441,9 @@ class Trainer:
             raise ValueError(f"all {self.recipe.epochs} epochs of the recipe are already trained")
         self.model.train()
         self.train_loader.set_epoch(epoch)
+        set_loss_epoch = getattr(self.loss_fn, "set_epoch", None)
+        if callable(set_loss_epoch):  # e.g. deferred re-weighting switches at an epoch
+            set_loss_epoch(epoch)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
         images = 0
         lr = self.optimizer.param_groups[0]["lr"]
@@ -496,31 +497,58 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Evaluate on the test loader: :func:`cbnotes.metrics.summarize` of the predictions.
 
-        The top-1 error is also written into the latest :attr:`history` record.
+        With ``posthoc_tau`` set, the metrics of the post-hoc logit-adjusted predictions
+        ``argmax(z - τ log π)`` (Menon et al. 2021) are added under
+        ``"posthoc_logit_adjusted"``. The top-1 error is also written into the latest
+        :attr:`history` record.
         """
         was_training = self.model.training
         self.model.eval()
-        preds, targets = [], []
+        preds, adjusted, targets = [], [], []
         try:
             for x, y in self.test_loader:
                 x = x.to(self.device, non_blocking=True)
                 with self._autocast():
                     logits = self._forward(x)
                 preds.append(logits.argmax(dim=1))
+                if self.posthoc_tau is not None:
+                    shifted = posthoc_logit_adjustment(
+                        logits.float(), self.train_counts, self.posthoc_tau
+                    )
+                    adjusted.append(shifted.argmax(dim=1))
                 targets.append(y.to(self.device, non_blocking=True))
         finally:
             self.model.train(was_training)
         if not preds:
             raise ValueError("test_loader yielded no batches; check the test set")
-        confusion = confusion_matrix(torch.cat(preds), torch.cat(targets), self.num_classes)
-        self.last_evaluation = summarize(confusion, self.train_counts)
+        target = torch.cat(targets)
+        confusion = confusion_matrix(torch.cat(preds), target, self.num_classes)
+        evaluation = summarize(confusion, self.train_counts)
+        if adjusted:
+            posthoc = confusion_matrix(torch.cat(adjusted), target, self.num_classes)
+            evaluation["posthoc_logit_adjusted"] = {
+                "tau": self.posthoc_tau,
+                **summarize(posthoc, self.train_counts),
+            }
+        self.last_evaluation = evaluation
         if self.history:
-            self.history[-1]["top1_error"] = self.last_evaluation["top1_error"]
-        return self.last_evaluation
+            self.history[-1]["top1_error"] = evaluation["top1_error"]
+        return evaluation
 
-    def fit(self, epochs: int | None = None, *, eval_every: int = 1) -> list[dict[str, Any]]:
+    def fit(
+        self,
+        epochs: int | None = None,
+        *,
+        eval_every: int = 1,
+        on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+        desc: str = "training",
+    ) -> list[dict[str, Any]]:
         """Train from :attr:`next_epoch` up to ``epochs`` (default: the recipe's); evaluate
-        every ``eval_every`` epochs and after the last one. Returns :attr:`history`."""
+        every ``eval_every`` epochs and after the last one. Returns :attr:`history`.
+
+        ``on_epoch_end(record)`` is called after each epoch (and its evaluation, if any) with
+        the epoch's history record; the experiment runner saves its checkpoints there.
+        """
         end = self.recipe.epochs if epochs is None else epochs
         if not _is_int(end) or not self.next_epoch <= end <= self.recipe.epochs:
             raise ValueError(
@@ -529,15 +557,28 @@ class Trainer:
             )
         if not _is_int(eval_every) or eval_every < 1:
             raise ValueError(f"eval_every must be an integer >= 1, got {eval_every!r}")
-        bar = tqdm(range(self.next_epoch, end), desc="training", disable=not self.progress)
-        for epoch in bar:
-            record = self.train_epoch(epoch)
-            if (epoch + 1) % eval_every == 0 or epoch + 1 == end:
-                self.evaluate()
-            postfix = {"loss": f"{record['train_loss']:.4f}"}
-            if record["top1_error"] is not None:
-                postfix["err"] = f"{record['top1_error']:.2f}%"
-            bar.set_postfix(postfix)
+        bar = tqdm(
+            range(self.next_epoch, end),
+            desc=desc,
+            unit="epoch",
+            initial=self.next_epoch,
+            total=end,
+            leave=False,
+            disable=not self.progress,
+        )
+        try:
+            for epoch in bar:
+                record = self.train_epoch(epoch)
+                if (epoch + 1) % eval_every == 0 or epoch + 1 == end:
+                    self.evaluate()
+                postfix = {"loss": f"{record['train_loss']:.4f}"}
+                if record["top1_error"] is not None:
+                    postfix["err"] = f"{record['top1_error']:.2f}%"
+                bar.set_postfix(postfix)
+                if on_epoch_end is not None:
+                    on_epoch_end(record)
+        finally:
+            bar.close()
         return self.history
 
     def state_dict(self) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from cbnotes.analysis import (
     results_for,
     summary_markdown,
 )
-from cbnotes.experiments import SUMMARY_COLUMNS, RunConfig, result_path, summary_row
+from cbnotes.config import RunConfig
+from cbnotes.results import SUMMARY_COLUMNS, result_path, summary_row
 
 
 def _config(loss="softmax", beta=0.0, gamma=None, seed=0, imbalance=100, epochs=12):

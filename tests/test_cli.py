@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from cbnotes.cli import main
-from cbnotes.experiments import SUMMARY_COLUMNS
 from cbnotes.presets import PRESETS, get_preset
+from cbnotes.results import SUMMARY_COLUMNS
 
 SUBCOMMANDS = ("run", "run-one", "list", "export", "compare", "presets", "figures")
 
@@ -55,6 +55,35 @@ def test_an_unknown_preset_is_a_one_line_error_with_status_2(capsys):
     assert err.startswith("cbnotes run: error: unknown preset 'nope'")
     assert "Traceback" not in err
     assert len(err.splitlines()) == 1
+
+
+def test_methods_lists_the_registry(capsys):
+    from cbnotes.methods import METHODS
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name, method in METHODS.items():
+        line = next(row for row in out.splitlines() if row.split()[0] == name)
+        assert method.title in line
+    assert "max_margin=0.5, scale=30.0" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--loss", "hinge"], "method (loss_type) must be one of softmax"),
+        (["--loss", "ldam", "--tau", "1"], "tau does not apply to method 'ldam'"),
+        (["--scheme", "inverse", "--beta", "0.9"], "beta is used only by scheme='effective'"),
+        (["--shortcut", "conv"], "shortcut must be one of"),
+    ],
+)
+def test_bad_method_options_are_one_line_errors(argv, message, tmp_path, capsys):
+    code = main(["run-one", "--dataset", "synthetic", *argv, "--out", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
 
 
 def test_focal_without_gamma_is_a_user_error(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import stat
@@ -15,19 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
-from cbnotes import experiments
-from cbnotes.experiments import (
-    BEST_EPOCH_NOTE,
-    SUMMARY_COLUMNS,
-    RunConfig,
-    aggregate,
-    checkpoint_path,
-    load_results,
-    result_path,
-    run_experiment,
-    run_status,
-    run_sweep,
-)
+from cbnotes import _files
+from cbnotes.config import ADDED_FIELDS, BASE_FIELDS, RunConfig
 from cbnotes.imbalance import long_tailed_counts
 from cbnotes.presets import (
     CPU_DEPTH,
@@ -37,6 +27,16 @@ from cbnotes.presets import (
     with_overrides,
     with_seeds,
 )
+from cbnotes.results import (
+    BEST_EPOCH_NOTE,
+    SUMMARY_COLUMNS,
+    aggregate,
+    checkpoint_path,
+    load_results,
+    result_path,
+    run_status,
+)
+from cbnotes.runner import run_experiment, run_sweep
 from cbnotes.training import Recipe, Trainer
 
 TINY = RunConfig(
@@ -68,7 +68,7 @@ def test_run_id_is_the_same_in_another_process():
         seed=4, gamma=0.5, loss_type="focal", beta=0.99, dataset="cifar100", imbalance_factor=20
     )
     code = (
-        "from cbnotes.experiments import RunConfig;"
+        "from cbnotes.config import RunConfig;"
         "print(RunConfig('cifar100', 20.0, 'focal', 0.99, 0.5, seed=4).run_id)"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
@@ -95,13 +95,46 @@ def test_every_field_changes_the_run_id():
         data_seed=1,
         amp="off",
         eval_every=5,
+        scheme="inverse",
+        shortcut="subsample",
+        init="kaiming",
     )
-    assert set(changes) == {f.name for f in dataclasses.fields(RunConfig)}
+    method_only = {"tau", "max_margin", "scale"}  # tested per method below
+    assert set(changes) | method_only == {f.name for f in dataclasses.fields(RunConfig)}
     ids = {base.run_id}
     for name, value in changes.items():
         extra = {"gamma": None} if name == "loss_type" else {}
+        extra = {"beta": None} if name == "scheme" else extra
         ids.add(dataclasses.replace(base, **{name: value}, **extra).run_id)
     assert len(ids) == len(changes) + 1
+
+
+@pytest.mark.parametrize(
+    ("method", "param", "value"),
+    [
+        ("logit_adjusted", "tau", 0.5),
+        ("ldam", "max_margin", 0.3),
+        ("ldam", "scale", 10.0),
+        ("drw", "beta", 0.999),
+        ("resample", "scheme", "sqrt_inverse"),
+    ],
+)
+def test_every_method_parameter_changes_the_run_id(method, param, value):
+    default = RunConfig("synthetic", 100, method)
+    changed = RunConfig("synthetic", 100, method, **{param: value})
+    assert default.run_id != changed.run_id
+    assert RunConfig("synthetic", 100, method, **{param: getattr(default, param)}) == default
+
+
+def test_fields_added_later_keep_the_ids_of_runs_that_behave_as_before():
+    """A run with the old behaviour of every added field hashes its first-release fields only."""
+    config = RunConfig("synthetic", 100, "focal", 0.9999, 1.0, shortcut="subsample", init="kaiming")
+    old = {k: v for k, v in config.to_dict().items() if k in BASE_FIELDS}
+    text = json.dumps(old, sort_keys=True, separators=(",", ":"))
+    assert config.config_hash == hashlib.sha256(text.encode()).hexdigest()[:8]
+    assert set(ADDED_FIELDS) == {f.name for f in dataclasses.fields(RunConfig)} - set(BASE_FIELDS)
+    assert RunConfig.from_dict(old) == config  # an old record reads back as what it was
+    assert dataclasses.replace(config, shortcut="avgpool").config_hash != config.config_hash
 
 
 def test_an_integer_and_a_float_imbalance_factor_are_the_same_run():
@@ -109,10 +142,12 @@ def test_an_integer_and_a_float_imbalance_factor_are_the_same_run():
 
 
 def test_gamma_belongs_to_focal_loss_only():
-    with pytest.raises(ValueError, match="gamma applies only to loss_type='focal'"):
+    with pytest.raises(ValueError, match="gamma does not apply to method 'softmax'"):
         RunConfig("synthetic", 100, "softmax", 0.9999, gamma=1.0)
-    with pytest.raises(ValueError, match="gamma must be a number"):
+    with pytest.raises(ValueError, match="method 'focal' needs gamma"):
         RunConfig("synthetic", 100, "focal", 0.9999)
+    with pytest.raises(ValueError, match="gamma must be a finite number >= 0"):
+        RunConfig("synthetic", 100, "focal", 0.9999, "1")
     assert RunConfig("synthetic", 100, "focal", 0.9999, 1).gamma == 1.0
 
 
@@ -121,9 +156,16 @@ def test_gamma_belongs_to_focal_loss_only():
     [
         ({"dataset": "imagenet"}, "dataset must be one of"),
         ({"imbalance_factor": 0.5}, "imbalance_factor must be"),
-        ({"beta": 1.0}, r"beta must be in \[0, 1\)"),
-        ({"beta": -0.1}, r"beta must be in \[0, 1\)"),
-        ({"loss_type": "hinge"}, "loss_type must be one of"),
+        ({"beta": 1.0}, r"beta must be a number in \[0, 1\)"),
+        ({"beta": -0.1}, r"beta must be a number in \[0, 1\)"),
+        ({"loss_type": "hinge"}, r"method \(loss_type\) must be one of softmax, sigmoid"),
+        ({"scheme": "log"}, "scheme must be one of none, inverse"),
+        ({"scheme": "inverse", "beta": 0.9}, "beta is used only by scheme='effective'"),
+        ({"tau": 1.0}, "tau does not apply to method 'softmax'"),
+        ({"loss_type": "logit_adjusted", "tau": -1}, "tau must be a finite number >= 0"),
+        ({"loss_type": "ldam", "scale": 0}, "scale must be a finite number > 0"),
+        ({"shortcut": "conv"}, "shortcut must be one of avgpool, subsample"),
+        ({"init": "zeros"}, "init must be one of glorot, kaiming"),
         ({"depth": 10}, "depth must be 6n"),
         ({"epochs": 0}, "epochs must be >= 1"),
         ({"seed": 1.5}, "seed must be an integer"),
@@ -154,7 +196,8 @@ def test_200_epochs_is_the_papers_recipe_and_labels_name_the_method():
 
 
 def test_presets_have_the_documented_sizes_and_unique_runs():
-    sizes = {"paper": 260, "paper-best": 70, "cpu": 36, "cpu-quick": 4, "cpu-sweep": 14, "smoke": 3}
+    sizes = {"paper": 260, "paper-best": 70, "beyond": 52, "cpu": 36, "cpu-quick": 4}
+    sizes.update({"cpu-sweep": 14, "cpu-methods": 39, "smoke": 3})
     assert {name: len(get_preset(name)) for name in PRESETS} == sizes
     for name in PRESETS:
         ids = [c.run_id for c in get_preset(name)]
@@ -335,10 +378,10 @@ def test_run_sweep_needs_configs(tmp_path):
 
 def test_atomic_writes_leave_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "a.json"
-    experiments.write_json_atomic(target, {"x": 1})
+    _files.write_json_atomic(target, {"x": 1})
 
     def crash_while_writing() -> None:
-        with experiments.atomic_path(target) as tmp:
+        with _files.atomic_path(target) as tmp:
             tmp.write_text("half-written")
             raise RuntimeError("crash while writing")
 
@@ -352,7 +395,7 @@ def test_atomic_writes_leave_the_old_file_when_writing_fails(tmp_path):
 def test_atomic_writes_give_an_ordinary_files_permissions_not_mkstemps_0600(tmp_path, umask):
     old = os.umask(umask)
     try:
-        experiments.write_json_atomic(tmp_path / "a.json", {"x": 1})
+        _files.write_json_atomic(tmp_path / "a.json", {"x": 1})
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~umask

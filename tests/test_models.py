@@ -106,9 +106,49 @@ def test_identity_shortcut_inside_a_stage():
     assert torch.equal(block._shortcut(x), x)
 
 
-def test_initialization_kaiming_normal_convs_and_unit_batchnorm():
+def test_by_default_the_model_is_built_as_the_official_code_builds_it():
+    """2×2 average-pool shortcut and Glorot-uniform kernels (TF1 tf.layers defaults)."""
     torch.manual_seed(0)
     model = resnet_cifar(32)
+    assert {b.shortcut for b in model.modules() if isinstance(b, BasicBlock)} == {"avgpool"}
+    conv = model.layer3[-1].conv2  # 64 -> 64 channels, 3×3: fan_in = fan_out = 576
+    bound = math.sqrt(6.0 / (576 + 576))
+    assert conv.weight.abs().max().item() <= bound
+    assert conv.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.03)
+    head_bound = math.sqrt(6.0 / (64 + 10))
+    assert model.fc.weight.abs().max().item() <= head_bound
+    assert model.fc.weight.std().item() == pytest.approx(head_bound / math.sqrt(3), rel=0.1)
+    assert torch.equal(model.fc.bias, torch.zeros(10))
+
+
+def test_the_cosine_head_gives_cosines_of_unit_class_vectors():
+    torch.manual_seed(0)
+    model = resnet_cifar(8, num_classes=5, base_width=4, head="cosine")
+    assert model.fc.bias is None
+    assert torch.allclose(model.fc.weight.norm(dim=1), torch.ones(5))
+    features = torch.randn(3, 16)
+    expected = nn.functional.cosine_similarity(
+        features[:, None, :], model.fc.weight[None, :, :], dim=2
+    )
+    assert torch.allclose(model.fc(features), expected, atol=1e-6)
+    logits = model(torch.randn(3, 3, 16, 16))
+    assert logits.abs().max() <= 1 + 1e-6
+
+
+def test_the_head_follows_the_method_registry():
+    linear = resnet_cifar(8, num_classes=5, base_width=4)
+    assert init_head_for_loss(linear, "focal").fc.bias.allclose(torch.full((5,), -math.log(4)))
+    with pytest.raises(ValueError, match="method 'ldam' needs a cosine head"):
+        init_head_for_loss(linear, "ldam")
+    cosine = resnet_cifar(8, num_classes=5, base_width=4, head="cosine")
+    with pytest.raises(ValueError, match="method 'softmax' needs a linear head"):
+        init_head_for_loss(cosine, "softmax")
+    assert init_head_for_loss(cosine, "ldam_drw") is cosine
+
+
+def test_initialization_kaiming_normal_convs_and_unit_batchnorm():
+    torch.manual_seed(0)
+    model = resnet_cifar(32, init="kaiming")
     conv = model.layer3[-1].conv2  # 64 -> 64 channels, 3×3: fan_out = 576
     expected_std = math.sqrt(2.0 / (64 * 9))
     assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.03)

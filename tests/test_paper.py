@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cbnotes.experiments import SUMMARY_COLUMNS, method_label
+from cbnotes.methods import method_label
 from cbnotes.paper import PAPER_COLUMNS, PAPER_METHODS, paper_table2, paper_table2_wide
 from cbnotes.presets import PAPER_BEST_CB
 from cbnotes.report import PAPER, compare_with_paper, plot_per_class, plot_results, results_table
+from cbnotes.results import SUMMARY_COLUMNS
 
 
 def test_table2_has_six_methods_times_twelve_columns():
@@ -78,7 +79,8 @@ def test_plain_rows_use_our_method_labels():
     plain = df[df["method"] != "class-balanced"]
     for _, row in plain.iterrows():
         gamma = None if math.isnan(row["gamma"]) else row["gamma"]
-        assert method_label(row["loss_type"], row["beta"], gamma) == row["method"]
+        params = {"beta": row["beta"], "gamma": gamma}
+        assert method_label(row["loss_type"], params) == row["method"]
     assert list(PAPER_METHODS[:5]) == list(dict.fromkeys(plain["method"]))
     assert len(PAPER_COLUMNS) == 12
 
@@ -90,7 +92,11 @@ def _fake_results(rows: list[tuple]) -> pd.DataFrame:
         record = dict.fromkeys(SUMMARY_COLUMNS)
         record.update(
             run_id=f"{dataset}-{imbalance}-{loss}-{beta}-{gamma}-{seed}-{epochs}",
-            label=method_label(loss, beta, gamma),
+            label=method_label(loss, {"beta": beta, "gamma": gamma}),
+            class_balanced=beta > 0,
+            scheme="effective",
+            shortcut="avgpool",
+            init="glorot",
             dataset=dataset,
             imbalance_factor=float(imbalance),
             loss_type=loss,

@@ -32,6 +32,35 @@ def test_the_training_loop_example_runs_and_produces_gradients():
     assert model.fc.weight.grad is not None
 
 
+def _python_blocks(after_heading: str, until: str) -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index(after_heading) : text.index(until)]
+    return re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+
+
+def test_the_later_methods_and_multi_label_examples_run():
+    _first, methods, multi_label = _python_blocks("## Use the loss", "## The methods, in one")
+    counts = [50, 20, 5]
+    namespace = {
+        "train_counts": counts,
+        "logits": torch.randn(2, 3, requires_grad=True),
+        "cosines": torch.rand(2, 3) * 2 - 1,
+        "labels": torch.tensor([0, 2]),
+    }
+    exec(compile(methods, str(README), "exec"), namespace)
+    exec(compile(multi_label, str(README), "exec"), namespace)
+    loss = namespace["loss"]
+    alpha = namespace["class_weights"](counts, "effective", 0.999)
+    rows = torch.nn.functional.binary_cross_entropy_with_logits(
+        namespace["logits"], namespace["targets"], reduction="none"
+    )
+    p = torch.sigmoid(namespace["logits"])
+    pt = torch.where(namespace["targets"] == 1, p, 1 - p)
+    per_row = ((1 - pt) ** 2 * rows).sum(dim=1)
+    weights = torch.stack([(alpha[0] + alpha[2]) / 2, torch.tensor(1.0)])
+    torch.testing.assert_close(loss, (weights * per_row).sum() / 2)
+
+
 def test_the_two_commands_exist():
     text = README.read_text(encoding="utf-8")
     root = README.parent

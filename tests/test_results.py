@@ -14,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cbnotes.experiments import load_results, read_result, result_path, run_status
+from cbnotes.config import ADDED_FIELDS, RunConfig
 from cbnotes.presets import get_preset
+from cbnotes.results import load_results, read_result, result_path, run_status
 
 STUDY = Path(__file__).resolve().parents[1] / "results" / "cpu-study"
 PRESETS = ("cpu", "cpu-sweep")
@@ -46,7 +47,7 @@ def test_no_stray_or_half_written_files():
 def test_each_result_records_its_config_device_versions_and_revision():
     for config in _configs():
         record = read_result(result_path(STUDY, config))
-        assert record["config"] == config.to_dict()
+        assert RunConfig.from_dict(record["config"]) == config
         env = record["environment"]
         assert env["device"]
         assert env["torch"]
@@ -66,3 +67,15 @@ def test_summary_csv_matches_the_json_records():
     )
     for run_id, error in summary["top1_error"].items():
         assert json.loads((STUDY / "runs" / f"{run_id}.json").read_text())["top1_error"] == error
+
+
+def test_every_committed_run_keeps_its_id_and_is_still_found_finished():
+    """Fields added to RunConfig since the study was run must not rename its runs."""
+    records = [read_result(path) for path in sorted((STUDY / "runs").glob("*.json"))]
+    assert len(records) == 46
+    for record in records:
+        assert not set(ADDED_FIELDS) & set(record["config"]), "written before the new fields"
+        config = RunConfig.from_dict(record["config"])
+        assert config.run_id == record["run_id"]
+        assert run_status(config, STUDY) == "finished"
+        assert config.label == record["label"]
