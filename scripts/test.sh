@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/get_data.sh  # real Fashion-MNIST for the one test that reads it (else skipped)
+bash scripts/get_slide_assets.sh  # reveal.js + MathJax (npm), Chromium (apt) for tests/test_slides.py
 export MPLBACKEND=Agg PYTHONHASHSEED=0
 .venv/bin/ruff check .
 .venv/bin/ruff format --check cbnotes tests benchmarks scripts
