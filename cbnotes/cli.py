@@ -1,6 +1,21 @@
 """Command line: ``python -m cbnotes`` / ``cbnotes`` runs presets, lists and compares results.
 
-User errors (unknown preset, missing data, bad value) print one line and exit with status 2.
+Exit statuses:
+
+- 0: done.
+- 1: some runs of ``run`` / ``run-one`` failed for a reason of their own (a damaged checkpoint
+  that cannot be set aside, an invalid result file, which is never overwritten, a checkpoint
+  of another config, a loss that became nan). The other runs went on and finished; the
+  failed ones are listed on stderr with what to do.
+- 2: a user error, printed in one line without a traceback: an unknown preset, a bad value,
+  missing data, or a place that cannot be used (``--out`` a file, a read-only folder, a full
+  disk), found before any data is loaded or any epoch trained where that is possible.
+- 130: interrupted (Ctrl-C); run the same command again to resume.
+
+Commands that only read (``list``, ``compare``, ``summary``) never write; ``figures`` writes
+only figures and ``run`` rewrites ``summary.csv`` only when a run finished. A result file that
+is not a valid result is skipped by them with a one-line warning on stderr, and a run stored
+in two files (a sync tool's ``<run_id> (1).json``) is counted once.
 """
 
 from __future__ import annotations
@@ -10,6 +25,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from cbnotes._files import check_out_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,6 +47,11 @@ examples:
 
 Runs are resumable: interrupt with Ctrl-C and run the same command again. Finished runs are
 never trained twice; each is one JSON file in OUT/runs, and OUT/summary.csv lists them all.
+A damaged checkpoint is set aside (renamed *.pt.damaged-<time>) and its run starts again.
+
+exit status: 0 done; 1 some runs failed (listed on stderr; the others finished); 2 a user
+error (bad value, missing data, a results folder that cannot be written), in one line;
+130 interrupted (run the same command again to resume).
 """
 
 _RUN_EPILOG = """\
@@ -38,6 +60,8 @@ examples:
   cbnotes run --preset cpu --if 100 --loss focal   only IF 100, only focal runs
   cbnotes run --preset cpu --seeds 0 1 2 3 4       the preset's runs for 5 seeds
   cbnotes run --preset paper --dataset cifar10 --if 50 --device cuda --download
+  cbnotes run --preset paper --backend ray --download     every GPU of this machine, 4 runs per GPU
+  cbnotes run --preset paper --backend ray --address auto --out /shared/runs   a Ray cluster
 """
 
 _RUN_ONE_EPILOG = """\
@@ -149,6 +173,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the selected runs and their status, train nothing",
     )
     _add_execution(run)
+    ray = run.add_argument_group(
+        "distributed (Ray)",
+        "Each run becomes a Ray task. --out must be storage every node sees at the same path; "
+        'needs `pip install "cbnotes[ray]"`.',
+    )
+    ray.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: one run after another in this process (default); ray: runs as Ray tasks",
+    )
+    ray.add_argument(
+        "--address",
+        default=None,
+        metavar="auto|HOST:PORT",
+        help="Ray cluster to join (default: start a local Ray instance on this machine)",
+    )
+    ray.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPUs of the local Ray instance (default: all); ignored with --address",
+    )
+    ray.add_argument(
+        "--runs-per-gpu",
+        type=int,
+        default=4,
+        metavar="N",
+        help="runs sharing one GPU, each asking for 1/N of it (default: 4)",
+    )
 
     one = sub.add_parser(
         "run-one",
@@ -279,13 +334,19 @@ def build_parser() -> argparse.ArgumentParser:
     fig = sub.add_parser(
         "figures",
         help="write the report figures (PNG)",
-        description="Write results.png and per_class.png into DIR/figures.",
+        description="Write results.png and per_class.png into DIR/figures (or --to).",
     )
     fig.add_argument(
         "--out", default=DEFAULT_OUT, metavar="DIR", help=f"results folder (default: {DEFAULT_OUT})"
     )
     fig.add_argument(
         "--preset", default=None, help="plot only this preset's runs (default: every run in DIR)"
+    )
+    fig.add_argument(
+        "--to",
+        default=None,
+        metavar="FIGDIR",
+        help="folder for the PNG files (default: DIR/figures), e.g. when DIR is read-only",
     )
     return parser
 
@@ -350,23 +411,52 @@ def _selected(args: argparse.Namespace) -> list[RunConfig]:
 
 
 def _sweep(configs: list[RunConfig], args: argparse.Namespace) -> int:
-    """Run configs, print the summary table and where the results are."""
+    """Run configs, print the summary table and where the results are; 1 if some runs failed."""
     from cbnotes.report import results_table
-    from cbnotes.runner import run_sweep
+    from cbnotes.runner import SweepError, run_sweep
 
-    df = run_sweep(
-        configs,
-        args.out,
-        device=args.device,
-        progress=not args.no_progress,
-        data_root=args.data_root,
-        download=args.download,
-    )
-    _print_table(results_table(df))
+    failed: SweepError | None = None
+    options = {
+        "device": args.device,
+        "progress": not args.no_progress,
+        "data_root": args.data_root,
+        "download": args.download,
+    }
+    try:
+        if getattr(args, "backend", "local") == "ray":
+            from cbnotes.distributed import run_sweep_ray
+
+            df = run_sweep_ray(
+                configs,
+                args.out,
+                address=args.address,
+                workers=args.workers,
+                runs_per_gpu=args.runs_per_gpu,
+                **options,
+            )
+        else:
+            df = run_sweep(configs, args.out, **options)
+    except SweepError as err:
+        failed, df = err, err.results
     out = Path(args.out)
-    print(f"\n{len(df)} run(s); results in {out / 'runs'}, table in {out / 'summary.csv'}")
-    print(f"compare with the paper: cbnotes compare --out {out}")
-    return 0
+    if not df.empty:
+        _print_table(results_table(df))
+        print(f"\n{len(df)} run(s); results in {out / 'runs'}, table in {out / 'summary.csv'}")
+        print(f"compare with the paper: cbnotes compare --out {out}")
+    if failed is None:
+        return 0
+    print(
+        f"cbnotes {args.command}: {len(failed.failures)} of {failed.total} run(s) failed "
+        f"(the others finished):",
+        file=sys.stderr,
+    )
+    for run_id, why in failed.failures.items():
+        print(f"  {run_id}: {why}", file=sys.stderr)
+    print(
+        "do what each line says and run the same command again; finished runs are skipped",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -379,6 +469,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"--preset auto: running {args.preset!r} on this machine", flush=True)
     configs = _selected(args)
     if args.dry_run:
+        if Path(args.out).exists():
+            check_out_dir(args.out, write=False)
         for config in configs:
             print(f"{run_status(config, args.out):11s} {config.run_id}  {config.label}")
         print(
@@ -416,7 +508,7 @@ def _cmd_run_one(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    """Finished runs plus interrupted ones (checkpoints)."""
+    """Finished runs plus interrupted ones (checkpoints) and damaged checkpoints set aside."""
     from cbnotes.results import load_results
 
     df = load_results(args.out)
@@ -425,9 +517,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
     else:
         columns = ["run_id", "label", "epochs", "top1_error", "best_top1_error", "device"]
         _print_table(df[columns])
-    pending = sorted((Path(args.out) / "checkpoints").glob("*.pt"))
-    for path in pending:
+    checkpoints = Path(args.out) / "checkpoints"
+    for path in sorted(checkpoints.glob("*.pt")):
         print(f"interrupted (resumable): {path.stem}")
+    for path in sorted(checkpoints.glob("*.pt.damaged-*")):
+        print(f"damaged checkpoint set aside (delete it when you no longer need it): {path}")
     return 0
 
 
@@ -472,7 +566,8 @@ def _cmd_figures(args: argparse.Namespace) -> int:
         df = results_for(get_preset(args.preset), args.out)
     if df.empty:
         raise UserError(f"no finished runs in {args.out}; run a preset first")
-    folder = Path(args.out) / "figures"
+    folder = Path(args.out) / "figures" if args.to is None else Path(args.to)
+    check_out_dir(folder, what="figures folder")
     for name, plot in (("results.png", plot_results), ("per_class.png", plot_per_class)):
         plot(df, folder / name)
         print(folder / name)
@@ -495,7 +590,96 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         table.round({c: 2 for c in table.columns if c.endswith(("mean", "std", "diff", "se"))})
     )
     print(f"\n{provenance_text(df)}")
+    sentences = _in_short(table, args) + _against_committed(df, args.out)
+    if sentences:
+        print("\nIn short:")
+        for sentence in sentences:
+            print(f"- {sentence}")
     return 0
+
+
+def _in_short(table: pd.DataFrame, args: argparse.Namespace) -> list[str]:
+    """Which loss won each class-balanced vs plain pair, by how much; the one-seed caveat."""
+    from cbnotes.analysis import NOISE_SE
+    from cbnotes.data import dataset_title
+
+    sentences = []
+    for row in table.itertuples(index=False):
+        where = f"{dataset_title(row.dataset)} at IF {row.imbalance_factor:g}"
+        scheme = row.weighting.startswith("1/")  # 1/n or 1/√n weights, else a β
+        weights = f"{row.weighting} weights" if scheme else f"β = {row.weighting}"
+        cb = f"class-balanced {row.loss} ({weights})"
+        plain = f"plain {row.loss}"
+        winner, loser = (cb, plain) if row.diff < 0 else (plain, cb)
+        points = f"{abs(row.diff):.2f} points of top-1 error"
+        numbers = f"{row.cb_mean:.2f} % class-balanced, {row.plain_mean:.2f} % plain"
+        if row.verdict in ("CB better", "CB worse"):
+            text = (
+                f"{where}: {winner} beat {loser} by {points} ({numbers}), more than "
+                f"{NOISE_SE:g} standard errors of the seed noise"
+            )
+        elif row.verdict == "within seed noise":
+            text = (
+                f"{where}: {cb} and {plain} differ by {points} ({numbers}), within "
+                f"{NOISE_SE:g} standard errors of the seed noise: no clear winner"
+            )
+        elif row.diff == 0:
+            text = f"{where}: {cb} and {plain} tie at {row.cb_mean:.2f} % top-1 error"
+        else:
+            text = f"{where}: {winner} ended {points} below {loser} ({numbers})"
+        sentences.append(f"{text}.")
+    if not table.empty and min(table["plain_n"].min(), table["cb_n"].min()) < 2:
+        sentences.append(
+            f"These numbers come from one seed per setting, and one seed cannot separate the "
+            f"methods from seed noise: add seeds (cbnotes run --preset {args.preset} --seeds "
+            f"0 1 2 --out {args.out}); results/cpu-study holds the 3 seeds of preset cpu."
+        )
+    return sentences
+
+
+def _machine(env: dict) -> str:
+    """The machine a result was trained on, from its environment record."""
+    parts = [str(env.get("device") or "an unknown device")]
+    parts += [str(env[k]) for k in ("cpu_model", "cpu_capability") if env.get(k)]
+    if not env.get("cpu_capability"):
+        parts.append("CPU model and vector ISA not recorded")
+    return ", ".join(parts)
+
+
+def _against_committed(df: pd.DataFrame, out: str) -> list[str]:
+    """Whether these runs match the committed CPU study's runs of the same id, and why not."""
+    from cbnotes.results import InvalidResultError, read_result
+
+    study = Path(__file__).resolve().parents[1] / "results" / "cpu-study"
+    if not (study / "runs").is_dir() or Path(out).resolve() == study.resolve():
+        return []
+    pairs = []
+    for run_id in df["run_id"]:
+        try:
+            ours = read_result(Path(out) / "runs" / f"{run_id}.json", run_id=run_id)
+            theirs = read_result(study / "runs" / f"{run_id}.json", run_id=run_id)
+        except InvalidResultError:
+            continue
+        pairs.append((ours, theirs))
+    if not pairs:
+        return []
+    differ = [(o, t) for o, t in pairs if o["top1_error"] != t["top1_error"]]
+    if not differ:
+        return [
+            f"All {len(pairs)} of these runs that the committed study in results/cpu-study "
+            f"also holds end with the same top-1 error there, to the last digit."
+        ]
+    ours, theirs = differ[0]
+    return [
+        f"{len(differ)} of the {len(pairs)} runs that the committed study in results/cpu-study "
+        f"also holds {'ends' if len(differ) == 1 else 'end'} with another top-1 error there "
+        f"(e.g. {ours['label']}: "
+        f"{ours['top1_error']:.2f} % here, {theirs['top1_error']:.2f} % committed). Expect "
+        f"that on another machine: a different CPU, vector ISA (AVX2, AVX-512) or torch "
+        f"thread count rounds differently, and training amplifies it. The committed run was "
+        f"trained on {_machine(theirs['environment'])}; this one on "
+        f"{_machine(ours['environment'])}."
+    ]
 
 
 _COMMANDS = {
@@ -512,12 +696,13 @@ _COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
+    """Entry point; returns the exit status (0 ok, 1 some runs failed, 2 user error, 130
+    interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except (UserError, ValueError, FileNotFoundError, FloatingPointError) as err:
+    except (UserError, ValueError, OSError, FloatingPointError) as err:
         if args.debug:
             raise
         print(f"cbnotes {args.command}: error: {err}", file=sys.stderr)

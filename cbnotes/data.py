@@ -10,7 +10,11 @@ complete. Files are read with torchvision's dataset classes from a data root:
 
 Fashion-MNIST is also found in the Debian package ``dataset-fashion-mnist``
 (``/usr/share/datasets/fashion-mnist``, overridable with ``CBNOTES_FASHION_MNIST_DIR``); its
-gzipped files are decompressed into ``<root>/FashionMNIST/raw/`` on first use.
+gzipped files are decompressed into ``<root>/FashionMNIST/raw/`` on first use, so the data
+root must then be writable: if it is not, the error names the folder and ``CBNOTES_DATA``
+(the files are not read from the package without being decompressed, so that every run reads
+the same files through torchvision). Each idx file in ``raw/`` is checked against the size
+its header promises before it is read, so a truncated file is reported as such, by path.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cbnotes._files import atomic_path
+from cbnotes._files import PlaceError, atomic_path
 from cbnotes.imbalance import long_tailed_counts
 
 DATA_ENV = "CBNOTES_DATA"
@@ -260,23 +264,51 @@ def _read_fashion_mnist(root: Path, download: bool) -> tuple[ImageSet, ImageSet]
 
     raw = root / "FashionMNIST" / "raw"
     system = fashion_mnist_system_dir()
+    from_system = all((system / f"{f}.gz").is_file() for f in FASHION_MNIST_FILES)
     if not all((raw / f).is_file() for f in FASHION_MNIST_FILES):
-        if all((system / f"{f}.gz").is_file() for f in FASHION_MNIST_FILES):
-            for f in FASHION_MNIST_FILES:
-                if not (raw / f).is_file():
-                    _gunzip_idx(system / f"{f}.gz", raw / f)
+        if from_system:
+            _unpack_system_files(system, raw)
         elif not download:
             raise FileNotFoundError(_fashion_mnist_missing(raw, system))
+    for name in FASHION_MNIST_FILES:
+        if (raw / name).is_file():
+            fix = (
+                f"delete it to have it decompressed again from {system}"
+                if from_system
+                else "delete it and load with download=True (--download) to fetch it again"
+            )
+            _check_idx(raw / name, raw / name, fix)
     try:
         train = datasets.FashionMNIST(str(root), train=True, download=download)
         test = datasets.FashionMNIST(str(root), train=False, download=False)
     except (OSError, RuntimeError) as err:
+        if all((raw / f).is_file() for f in FASHION_MNIST_FILES):
+            raise ValueError(
+                f"fashion_mnist: the files in {raw} cannot be read ({err}); delete them and "
+                f"load again to re-create them"
+            ) from err
         raise FileNotFoundError(f"{_fashion_mnist_missing(raw, system)} ({err})") from err
     classes = tuple(datasets.FashionMNIST.classes)
     return (
         ImageSet(train.data.unsqueeze(1).contiguous(), train.targets.long(), classes),
         ImageSet(test.data.unsqueeze(1).contiguous(), test.targets.long(), classes),
     )
+
+
+def _unpack_system_files(system: Path, raw: Path) -> None:
+    """Decompress the Debian package's missing idx files into ``raw`` (PlaceError if it cannot
+    be written, naming the folder and the environment variable to change)."""
+    try:
+        for f in FASHION_MNIST_FILES:
+            if not (raw / f).is_file():
+                _gunzip_idx(system / f"{f}.gz", raw / f)
+    except PlaceError as err:
+        raise PlaceError(
+            f"fashion_mnist: cannot write to the data folder {raw} ({err.why}), where the "
+            f"Debian files of {system} are decompressed on first use; set {DATA_ENV} (or "
+            f"--data-root, root=) to a folder you can write to",
+            err.why,
+        ) from err
 
 
 def _fashion_mnist_missing(raw: Path, system: Path) -> str:
@@ -300,17 +332,22 @@ def _gunzip_idx(source: Path, target: Path) -> None:
             except (EOFError, gzip.BadGzipFile) as err:
                 msg = f"{source} is not a valid gzip file ({err}); reinstall it"
                 raise ValueError(msg) from err
-        _check_idx(tmp, source)
+        _check_idx(tmp, source, "reinstall it", "decompresses to")
 
 
-def _check_idx(path: Path, source: Path) -> None:
-    """Raise ValueError unless ``path`` is a uint8 idx file whose size matches its header."""
+def _check_idx(path: Path, source: Path, fix: str, verb: str = "has") -> None:
+    """Raise ValueError unless ``path`` is a uint8 idx file whose size matches its header.
+
+    The message names ``source`` (the file the user knows) and ends with ``fix``.
+    """
     with open(path, "rb") as f:
         header = f.read(4)
         ndim = header[3] if len(header) == 4 else 0
         dims = f.read(4 * ndim)
     if header[:3] != b"\x00\x00\x08" or not 1 <= ndim <= 3 or len(dims) < 4 * ndim:
-        raise ValueError(f"{source} is not a uint8 idx file (bad magic number); reinstall it")
+        raise ValueError(
+            f"{source} is not a uint8 idx file (bad magic number, or truncated); {fix}"
+        )
     expected = 4 + 4 * ndim
     payload = 1
     for k in range(ndim):
@@ -318,6 +355,6 @@ def _check_idx(path: Path, source: Path) -> None:
     actual = path.stat().st_size
     if actual != expected + payload:
         raise ValueError(
-            f"{source} decompresses to {actual} bytes but its header promises "
-            f"{expected + payload}; the file is truncated or corrupt, reinstall it"
+            f"{source} {verb} {actual} bytes but its header promises {expected + payload}; "
+            f"the file is truncated or corrupt, {fix}"
         )

@@ -56,10 +56,26 @@ def _count_error(name: str, detail: str) -> ValueError:
     )
 
 
+#: The largest count the weights are computed for (counts are stored as int64).
+_MAX_COUNT = int(np.iinfo(np.int64).max)
+
+
+def _object_detail(arr: np.ndarray) -> str:
+    """Why an object array (Python ints too large for int64, or non-numbers) is not counts."""
+    for value in arr.flat:
+        if isinstance(value, bool) or not isinstance(value, Real):
+            return f"got {value!r}, which is not a number"
+        if isinstance(value, int) and value > _MAX_COUNT:
+            return f"got {value}, larger than the largest supported count {_MAX_COUNT} (2**63 - 1)"
+    return f"got values of dtype {arr.dtype}"
+
+
 def _check_count_array(arr: np.ndarray, name: str) -> None:
     """Raise unless ``arr`` is a non-empty array of finite integers >= 1."""
     if arr.size == 0:
         raise _count_error(name, "got an empty collection")
+    if arr.dtype == np.object_:
+        raise _count_error(name, _object_detail(arr))
     if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number):
         raise _count_error(name, f"got values of dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.complexfloating):
@@ -86,7 +102,23 @@ def check_counts(samples_per_class: CountsLike, name: str = "samples_per_class")
     if arr.ndim != 1:
         raise _count_error(name, f"got an array of shape {tuple(arr.shape)}, expected (C,)")
     _check_count_array(arr, name)
+    too_big = _too_big(arr)
+    if too_big.any():
+        raise _count_error(
+            name,
+            f"got {arr[too_big].flat[0].item()!r}, larger than the largest supported count "
+            f"{_MAX_COUNT} (2**63 - 1)",
+        )
     return arr.astype(np.int64)
+
+
+def _too_big(arr: np.ndarray) -> np.ndarray:
+    """Mask of the counts int64 cannot hold (only uint64 and float arrays can have them)."""
+    if arr.dtype.kind == "f":
+        return arr >= 2.0**63
+    if arr.dtype.kind == "u":
+        return arr > _MAX_COUNT
+    return np.zeros(arr.shape, dtype=bool)
 
 
 @overload

@@ -5,25 +5,48 @@ resumes from ``out_dir/checkpoints/<run_id>.pt``, written after every epoch, and
 bit as an uninterrupted run would (same device and torch thread count). Every file is written
 to a temporary file in the same folder and moved into place with ``os.replace``, so nothing
 half-written is ever left on disk. What the files hold is described in :mod:`cbnotes.results`.
+
+What can go wrong, and what happens:
+
+- The results folder cannot be written (a file, read-only, full): a
+  :class:`~cbnotes._files.PlaceError` before any data is loaded or any epoch trained.
+- A checkpoint that cannot be read (truncated, empty, garbage): it is set aside as
+  ``<run_id>.pt.damaged-<UTC time>`` (never deleted), a note goes to stderr, and the run
+  starts again from epoch 0. If it cannot even be moved, the run fails with a
+  :class:`RunError`.
+- A run's own failure (:class:`RunError`: a checkpoint of another config, an invalid result
+  file, which is never overwritten; or a ``FloatingPointError``, the loss became nan):
+  :func:`run_sweep` goes on with the other runs and raises :class:`SweepError` at the end,
+  listing the failed runs and why. Ctrl-C stops the sweep at once; run it again to resume.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from cbnotes._files import atomic_path, write_json_atomic
+from cbnotes._files import (
+    check_out_dir,
+    describe_os_error,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from cbnotes.config import RunConfig
 from cbnotes.provenance import environment, now, resolve_device
 from cbnotes.results import (
     BEST_EPOCH_NOTE,
+    RESULT_FORMAT,
+    InvalidResultError,
     checkpoint_path,
+    move_away,
     read_result,
     result_path,
     summary_row,
@@ -34,6 +57,32 @@ from cbnotes.results import (
 EVAL_BATCH_SIZE = 500
 #: Strength of the post-hoc logit adjustment reported for plain softmax runs (Menon et al.).
 POSTHOC_TAU = 1.0
+#: What a checkpoint must hold (besides what ``Trainer.load_state_dict`` checks itself).
+_CHECKPOINT_KEYS = ("config", "trainer", "rng", "progress")
+_PROGRESS_KEYS = ("train_seconds", "wall_seconds", "images", "started", "sessions")
+
+
+class RunError(ValueError):
+    """A run cannot be done for a reason of its own (its files); a sweep goes on without it."""
+
+
+class DamagedCheckpointError(RunError):
+    """A checkpoint that cannot be read or does not hold what the runner writes."""
+
+
+class SweepError(RuntimeError):
+    """Some runs of a sweep failed; the others finished.
+
+    ``failures`` maps each failed run id to why it failed, ``results`` holds the rows of the
+    runs that finished (as :func:`run_sweep` returns them) and ``total`` counts all runs.
+    """
+
+    def __init__(self, failures: dict[str, str], results: pd.DataFrame, total: int) -> None:
+        self.failures = dict(failures)
+        self.results = results
+        self.total = total
+        lines = "".join(f"\n  {run_id}: {why}" for run_id, why in self.failures.items())
+        super().__init__(f"{len(self.failures)} of {total} run(s) failed:{lines}")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -55,12 +104,54 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _why(err: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else ""
+    text = text if len(text) <= 160 else f"{text[:157]}..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _checkpoint_problem(state: Any) -> str | None:
+    """What a loaded checkpoint lacks of what the runner writes, in a few words; None if nothing."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a dict"
+    missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    progress = state["progress"]
+    if not isinstance(progress, dict) or any(k not in progress for k in _PROGRESS_KEYS):
+        return "its progress record is incomplete"
+    counts = [progress[k] for k in _PROGRESS_KEYS if k != "started"]
+    if any(isinstance(v, bool) or not isinstance(v, int | float) for v in counts):
+        return "its progress record holds a value that is not a number"
+    return None
+
+
 def _load_checkpoint(path: Path, config: RunConfig) -> dict[str, Any]:
-    """Load a checkpoint (``weights_only=True``) and check that it belongs to ``config``."""
+    """Load a checkpoint (``weights_only=True``) and check that it belongs to ``config``.
+
+    Raises :class:`DamagedCheckpointError` when the file cannot be read or lacks what the
+    runner writes, and :class:`RunError` when it was written for another config.
+    """
     import torch
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    stored = state.get("config") if isinstance(state, dict) else None
+    try:
+        if path.stat().st_size == 0:
+            raise DamagedCheckpointError(f"checkpoint {path} is damaged: it is empty")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except DamagedCheckpointError:
+        raise
+    except Exception as err:  # torch.load of a damaged file raises many types
+        raise DamagedCheckpointError(
+            f"checkpoint {path} is damaged: torch.load fails with {_why(err)}"
+        ) from err
+    problem = _checkpoint_problem(state)
+    if problem is not None:
+        raise DamagedCheckpointError(
+            f"checkpoint {path} is damaged: it is not a cbnotes checkpoint ({problem})"
+        )
+    stored = state.get("config")
     try:
         same = RunConfig.from_dict(stored) == config
     except (TypeError, ValueError):
@@ -76,11 +167,48 @@ def _load_checkpoint(path: Path, config: RunConfig) -> dict[str, Any]:
                 )
                 or f"keys {sorted(set(stored) ^ set(config.to_dict()))}"
             )
-        raise ValueError(
+        raise RunError(
             f"checkpoint {path} was written for a different config ({diff}); "
             f"delete it to start this run from scratch, or use another out_dir"
         )
     return state
+
+
+def _set_aside(path: Path, problem: str) -> Path:
+    """Rename a damaged checkpoint to ``<name>.damaged-<UTC time>``; return the new path.
+
+    Raises :class:`RunError` when the file cannot be moved (the run cannot go on without
+    either resuming from it or setting it aside, and it is never deleted).
+    """
+    moment = datetime.now(timezone.utc)
+    target = path.with_name(f"{path.name}.damaged-{moment:%Y%m%dT%H%M%SZ}")
+    if target.exists():  # a second one within the same second
+        target = path.with_name(f"{path.name}.damaged-{moment:%Y%m%dT%H%M%S.%fZ}")
+    try:
+        os.rename(path, target)
+    except OSError as err:
+        why, _ = describe_os_error(err)
+        raise RunError(
+            f"{problem}, and it cannot be set aside ({why}); move or delete it yourself and "
+            f"run again"
+        ) from err
+    return target
+
+
+def _restart_note(config: RunConfig, problem: str, moved: Path) -> None:
+    """Tell the user (stderr) that a damaged checkpoint was set aside and the run restarts."""
+    print(
+        f"warning: {problem}; set it aside as {moved} and training {config.run_id} again "
+        f"from epoch 0",
+        file=sys.stderr,
+    )
+
+
+def _check_out_dirs(out_dir: str | os.PathLike[str]) -> None:
+    """Check that the results folder and its runs/ and checkpoints/ can be written."""
+    check_out_dir(out_dir, write=True)
+    for sub in ("runs", "checkpoints"):
+        check_out_dir(Path(out_dir) / sub, write=True, what=f"{sub} folder")
 
 
 def build_trainer(
@@ -159,20 +287,39 @@ def run_experiment(
     progress: bool = True,
     data_root: str | os.PathLike[str] | None = None,
     download: bool = False,
+    after_checkpoint: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one config; return its result record (skip if already finished).
 
     Resumes from ``out_dir/checkpoints/<run_id>.pt`` when present, saves a checkpoint after every
     epoch, writes ``out_dir/runs/<run_id>.json`` at the end and then deletes the checkpoint.
     Ctrl-C leaves the last complete checkpoint in place; calling again resumes from it.
+    ``after_checkpoint(epoch)`` is called after each checkpoint is saved (a test hook).
+
+    The results folder is checked before any data is loaded (PlaceError). A damaged checkpoint
+    is set aside and the run starts again; an invalid result file is never overwritten: it is
+    a :class:`RunError`, as is a checkpoint of another config.
     """
     if not isinstance(config, RunConfig):
         raise ValueError(f"config must be a RunConfig; got {type(config).__name__}")
     done = result_path(out_dir, config)
     if done.exists():
-        return read_result(done)
+        try:
+            return read_result(done, run_id=config.run_id)
+        except InvalidResultError as err:
+            raise RunError(
+                f"its result file {done} is not a valid result ({err.reason}); it is not "
+                f"overwritten: {move_away(done.parent)} to train {config.run_id} again"
+            ) from err
+    _check_out_dirs(out_dir)
     ckpt = checkpoint_path(out_dir, config)
     dev = resolve_device(device)
+    saved = None
+    if ckpt.exists():
+        try:
+            saved = _load_checkpoint(ckpt, config)
+        except DamagedCheckpointError as err:
+            _restart_note(config, str(err), _set_aside(ckpt, str(err)))
     trainer = build_trainer(config, dev, progress=progress, data_root=data_root, download=download)
     state: dict[str, Any] = {
         "train_seconds": 0.0,
@@ -182,16 +329,27 @@ def run_experiment(
         "sessions": 0,
         "session_environments": [],
     }
-    if ckpt.exists():
-        saved = _load_checkpoint(ckpt, config)
-        trainer.load_state_dict(saved["trainer"])
-        _set_rng_state(saved["rng"])
-        state.update(saved["progress"])
+    if saved is not None:
+        try:
+            trainer.load_state_dict(saved["trainer"])
+            _set_rng_state(saved["rng"])
+        except Exception as err:  # any failure here means a damaged checkpoint
+            problem = f"checkpoint {ckpt} is damaged: resuming from it fails with {_why(err)}"
+            _restart_note(config, problem, _set_aside(ckpt, problem))
+            trainer = build_trainer(
+                config, dev, progress=progress, data_root=data_root, download=download
+            )
+        else:
+            state.update(saved["progress"])
     _start_session(state, dev, config)
-    final = _train(config, trainer, ckpt, state)
+    final = _train(config, trainer, ckpt, state, after_checkpoint)
     record = _result_record(config, trainer, final, state, dev)
     write_json_atomic(done, record)
-    ckpt.unlink(missing_ok=True)
+    try:
+        ckpt.unlink(missing_ok=True)
+    except OSError as err:
+        why, _ = describe_os_error(err)
+        print(f"warning: could not delete the checkpoint {ckpt} ({why})", file=sys.stderr)
     return record
 
 
@@ -214,7 +372,13 @@ def _start_session(state: dict[str, Any], device: Any, config: RunConfig) -> Non
     sessions.append({"started": now(), **env})
 
 
-def _train(config: RunConfig, trainer: Any, ckpt: Path, state: dict[str, Any]) -> dict[str, Any]:
+def _train(
+    config: RunConfig,
+    trainer: Any,
+    ckpt: Path,
+    state: dict[str, Any],
+    after_checkpoint: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """Train to the end with ``Trainer.fit``, checkpointing each epoch; return the final metrics."""
     session_start = time.perf_counter()
     wall_before = state["wall_seconds"]
@@ -225,6 +389,8 @@ def _train(config: RunConfig, trainer: Any, ckpt: Path, state: dict[str, Any]) -
         state["images"] += train_size
         state["wall_seconds"] = wall_before + time.perf_counter() - session_start
         _save_checkpoint(ckpt, config, trainer, state)
+        if after_checkpoint is not None:
+            after_checkpoint(record["epoch"])
 
     try:
         trainer.fit(eval_every=config.eval_every, on_epoch_end=save, desc=config.label)
@@ -241,7 +407,11 @@ def _train(config: RunConfig, trainer: Any, ckpt: Path, state: dict[str, Any]) -
 
 
 def _save_checkpoint(path: Path, config: RunConfig, trainer: Any, state: dict[str, Any]) -> None:
-    """Atomically save trainer state, RNG state and run progress."""
+    """Atomically save trainer state, RNG state and run progress.
+
+    The checkpoint is serialized in memory and written like every other file, so that a full
+    disk is an OSError (a PlaceError naming the file), not a RuntimeError from torch.save.
+    """
     import torch
 
     payload = {
@@ -251,8 +421,9 @@ def _save_checkpoint(path: Path, config: RunConfig, trainer: Any, state: dict[st
         "rng": _rng_state(),
         "progress": state,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _best(history: list[dict[str, Any]]) -> tuple[float | None, int | None]:
@@ -277,6 +448,7 @@ def _result_record(
     best_error, best_epoch = _best(trainer.history)
     seconds = state["train_seconds"]
     return {
+        "format": RESULT_FORMAT,
         "run_id": config.run_id,
         "label": config.label,
         "config": config.to_dict(),
@@ -306,7 +478,11 @@ def run_sweep(
     """Run every config (finished ones are skipped), write ``summary.csv``; return their rows.
 
     ``kwargs`` go to :func:`run_experiment`. ``out_dir/summary.csv`` lists every finished run
-    in ``out_dir`` (also those of earlier sweeps); the returned DataFrame only these configs.
+    in ``out_dir`` (also those of earlier sweeps); it is written only when that list changed.
+    The returned DataFrame holds only these configs. A run that fails for a reason of its own
+    (:class:`RunError`, ``FloatingPointError``) is reported on stderr and the sweep goes on;
+    at the end a :class:`SweepError` lists the failed runs. Anything else (a results folder
+    that cannot be written, missing data, Ctrl-C) stops the sweep at once.
     """
     from tqdm.auto import tqdm
 
@@ -320,9 +496,25 @@ def run_sweep(
         raise ValueError(f"configs must all be RunConfig; got {type(bad[0]).__name__}")
     show = kwargs.get("progress", True)
     rows = []
+    failures: dict[str, str] = {}
     bar = tqdm(configs, desc="runs", unit="run", disable=not show)
-    for config in bar:
+    for index, config in enumerate(bar):
         bar.set_postfix_str(config.run_id)
-        rows.append(summary_row(run_experiment(config, out_dir, **kwargs)))
-    write_summary(out_dir)
-    return frame(rows)
+        try:
+            rows.append(summary_row(run_experiment(config, out_dir, **kwargs)))
+        except (RunError, FloatingPointError) as err:
+            failures[config.run_id] = str(err)
+            left = len(configs) - index - 1
+            if left:
+                print(
+                    f"error: run {config.run_id} failed: {err}; going on with the other "
+                    f"{left} run(s)",
+                    file=sys.stderr,
+                )
+    bar.close()
+    if Path(out_dir).is_dir():
+        write_summary(out_dir)
+    results = frame(rows)
+    if failures:
+        raise SweepError(failures, results, len(configs))
+    return results

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from cbnotes.cli import main
 from cbnotes.presets import PRESETS, get_preset
-from cbnotes.results import SUMMARY_COLUMNS
+from cbnotes.results import SUMMARY_COLUMNS, result_path
+
+STUDY = Path(__file__).resolve().parents[1] / "results" / "cpu-study"
 
 SUBCOMMANDS = ("run", "run-one", "list", "export", "compare", "presets", "figures")
 
@@ -31,6 +35,8 @@ def test_main_help_lists_subcommands_and_examples(capsys):
     assert "examples:" in out
     for command in SUBCOMMANDS:
         assert command in out
+    assert "exit status: 0 done; 1 some runs failed" in out
+    assert "2 a user" in out
 
 
 def test_python_dash_m_cbnotes_runs():
@@ -133,6 +139,10 @@ def test_smoke_preset_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "verdict" in printed
     assert "runs at git revision" in printed
+    in_short = printed.split("\nIn short:\n", 1)[1]
+    assert "- synthetic-LT at IF 100: " in in_short
+    assert "points of top-1 error" in in_short
+    assert "one seed cannot separate the methods from seed noise" in in_short
     assert main(["summary", "--out", str(out), "--preset", "smoke", "--markdown"]) == 0
     assert capsys.readouterr().out.startswith("| data | IF | loss |")
     assert main(["summary", "--out", str(out), "--preset", "cpu-quick"]) == 2
@@ -179,3 +189,52 @@ def test_run_one_trains_a_single_configuration(tmp_path, capsys):
     assert "CB sigmoid (β=0.99)" in capsys.readouterr().out
     (result,) = (tmp_path / "runs").glob("*.json")
     assert result.name.startswith("synthetic-if10-sigmoid-b0.99-s0-")
+
+
+def _copy_committed(out: Path, preset: str, change: dict | None = None) -> list:
+    """Copy the committed results of ``preset`` into ``out``; change the first one's fields."""
+    configs = get_preset(preset)
+    (out / "runs").mkdir(parents=True)
+    for i, config in enumerate(configs):
+        record = json.loads(result_path(STUDY, config).read_text(encoding="utf-8"))
+        if i == 0 and change:
+            record = {**record, **change, "environment": {**record["environment"], **change}}
+        result_path(out, config).write_text(json.dumps(record), encoding="utf-8")
+    return configs
+
+
+def test_summary_says_when_runs_match_the_committed_study(tmp_path, capsys):
+    _copy_committed(tmp_path, "cpu-quick")
+    assert main(["summary", "--out", str(tmp_path), "--preset", "cpu-quick"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "- All 4 of these runs that the committed study in results/cpu-study also holds end "
+        "with the same top-1 error there, to the last digit." in printed
+    )
+    assert "one seed cannot separate the methods from seed noise" in printed
+    assert (
+        "- Fashion-MNIST-LT at IF 100: class-balanced softmax (β = 0.9999) ended 5.57 points of "
+        "top-1 error below plain softmax (19.86 % class-balanced, 25.43 % plain)." in printed
+    )
+
+
+def test_summary_explains_why_runs_can_differ_from_the_committed_study(tmp_path, capsys):
+    change = {"top1_error": 22.26, "cpu_model": "Some CPU", "cpu_capability": "AVX2"}
+    (first, *_) = _copy_committed(tmp_path, "cpu-quick", change)
+    assert main(["summary", "--out", str(tmp_path), "--preset", "cpu-quick"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        f"- 1 of the 4 runs that the committed study in results/cpu-study also holds ends with "
+        f"another top-1 error there (e.g. {first.label}: 22.26 % here, " in printed
+    )
+    assert "a different CPU, vector ISA (AVX2, AVX-512) or torch thread count" in printed
+    assert "training amplifies it" in printed
+    assert "this one on cpu (x86_64, 2 cores, 2 torch threads), Some CPU, AVX2." in printed
+
+
+def test_figures_can_write_elsewhere(tmp_path, capsys):
+    _copy_committed(tmp_path / "study", "cpu-quick")
+    target = tmp_path / "figs"
+    assert main(["figures", "--out", str(tmp_path / "study"), "--to", str(target)]) == 0
+    assert sorted(p.name for p in target.iterdir()) == ["per_class.png", "results.png"]
+    assert not (tmp_path / "study" / "figures").exists()

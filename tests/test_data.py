@@ -271,6 +271,22 @@ def test_fashion_mnist_missing_error_lists_every_place(tmp_path, monkeypatch):
         assert part in message
 
 
+def test_a_truncated_raw_fashion_mnist_file_is_named_not_called_missing(tmp_path, monkeypatch):
+    """A damaged idx file in <root>/FashionMNIST/raw is reported as truncated, by path."""
+    arrays = write_fashion_mnist_gz(tmp_path / "gz", train_per_class=3, test_per_class=2)
+    monkeypatch.setenv("CBNOTES_FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
+    raw = tmp_path / "root" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, array in arrays.items():
+        (raw / name).write_bytes(idx_bytes(array)[: 6 if "t10k-labels" in name else None])
+    with pytest.raises(ValueError, match="truncated") as info:
+        load_dataset("fashion_mnist", root=tmp_path / "root")
+    assert str(info.value) == (
+        f"{raw / 't10k-labels-idx1-ubyte'} is not a uint8 idx file (bad magic number, or "
+        f"truncated); delete it and load with download=True (--download) to fetch it again"
+    )
+
+
 @pytest.mark.skipif(
     not cbdata.FASHION_MNIST_SYSTEM_DIR.is_dir(),
     reason="Debian package dataset-fashion-mnist is not installed",

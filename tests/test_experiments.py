@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -399,3 +400,39 @@ def test_atomic_writes_give_an_ordinary_files_permissions_not_mkstemps_0600(tmp_
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_write_that_fails_keeps_the_old_file_and_names_the_path(tmp_path, monkeypatch):
+    target = tmp_path / "a.json"
+    _files.write_json_atomic(target, {"x": 1})
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(_files.PlaceError) as info:
+        _files.write_json_atomic(target, {"x": 2})
+    assert str(info.value) == (
+        f"cannot write {target} (no space left on device); free some space or choose a place "
+        f"on another disk"
+    )
+    assert json.loads(target.read_text()) == {"x": 1}
+    assert _no_temp_files(tmp_path)
+
+
+def test_check_out_dir_creates_the_folder_and_leaves_nothing_in_it(tmp_path):
+    folder = _files.check_out_dir(tmp_path / "new" / "deeper")
+    assert folder.is_dir()
+    assert list(folder.iterdir()) == []
+    with pytest.raises(FileNotFoundError, match=r"results folder .* does not exist; check"):
+        _files.check_out_dir(tmp_path / "missing", write=False)
+    assert not (tmp_path / "missing").exists(), "a read check creates nothing"
+
+
+def test_summary_csv_is_written_only_when_its_content_changes(tmp_path):
+    _files.write_text_atomic(tmp_path / "s.csv", "a\n")
+    before = (tmp_path / "s.csv").stat().st_mtime_ns
+    assert _files.write_text_if_changed(tmp_path / "s.csv", "a\n") is False
+    assert (tmp_path / "s.csv").stat().st_mtime_ns == before
+    assert _files.write_text_if_changed(tmp_path / "s.csv", "b\n") is True
+    assert (tmp_path / "s.csv").read_text() == "b\n"
