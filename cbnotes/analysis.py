@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -69,15 +69,25 @@ def provenance(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _verdict(diff: float, se: float, n_plain: int, n_cb: int) -> str:
-    """Whether a CB - plain difference exceeds NOISE_SE standard errors of the seed noise."""
+def verdict(diff: float, se: float, n_base: int, n_new: int, name: str = "CB") -> str:
+    """Whether an error difference new - base exceeds NOISE_SE standard errors of the seed
+    noise: '<name> better' / '<name> worse', 'within seed noise', or why there is no verdict."""
     if math.isnan(diff):
         return "no value"
-    if n_plain < 2 or n_cb < 2 or math.isnan(se):
+    if n_base < 2 or n_new < 2 or math.isnan(se):
         return "one seed: no noise estimate"
     if abs(diff) <= NOISE_SE * se:
         return "within seed noise"
-    return "CB better" if diff < 0 else "CB worse"
+    return f"{name} better" if diff < 0 else f"{name} worse"
+
+
+def difference(base: pd.Series, new: pd.Series) -> tuple[float, float]:
+    """new - base of the means, and its standard error sqrt(s_b²/n_b + s_n²/n_n) (NaN for n < 2)."""
+    b, n = base.astype(float).dropna(), new.astype(float).dropna()
+    diff = float(n.mean() - b.mean())
+    if min(len(b), len(n)) < 2:
+        return diff, math.nan
+    return diff, math.sqrt(b.var(ddof=1) / len(b) + n.var(ddof=1) / len(n))
 
 
 def _paired_wins(plain: pd.DataFrame, cb: pd.DataFrame, metric: str) -> str:
@@ -137,8 +147,7 @@ def cb_vs_plain(df: pd.DataFrame, metric: str = "top1_error") -> pd.DataFrame:
             continue
         p, c = plain[metric].astype(float), cb[metric].astype(float)
         p_n, c_n = int(p.notna().sum()), int(c.notna().sum())
-        diff = float(c.mean() - p.mean())
-        se = math.sqrt(p.var(ddof=1) / p_n + c.var(ddof=1) / c_n) if min(p_n, c_n) > 1 else math.nan
+        diff, se = difference(p, c)
         rows.append(
             {
                 "dataset": cb["dataset"].iloc[0],
@@ -156,7 +165,7 @@ def cb_vs_plain(df: pd.DataFrame, metric: str = "top1_error") -> pd.DataFrame:
                 "diff": diff,
                 "se": se,
                 "cb_lower": _paired_wins(plain, cb, metric),
-                "verdict": _verdict(diff, se, p_n, c_n),
+                "verdict": verdict(diff, se, p_n, c_n),
             }
         )
     out = pd.DataFrame(rows, columns=[*columns, "loss_type"])
@@ -239,3 +248,272 @@ def summary_markdown(out_dir: str | os.PathLike[str], preset: str) -> str:
         f"needs |CB − plain| > {NOISE_SE:g} SE. Preset `{preset}`: {provenance_text(df)}"
     )
     return f"{table}\n\n{note}"
+
+
+# ----------------------------------------------------------------------------- for the notebooks
+
+#: Class names of the datasets whose classes a figure can name (index order = long-tail order:
+#: class i keeps n_i images). CIFAR-100 has too many for tick labels; figures number its classes.
+_CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+
+def class_names(dataset: str, num_classes: int | None = None) -> list[str]:
+    """Display names of the classes of ``dataset`` ("class 3" where the names are unknown)."""
+    names: tuple[str, ...] = ()
+    if dataset == "cifar10":
+        names = _CIFAR10_CLASSES
+    elif dataset == "fashion_mnist":
+        from torchvision.datasets import FashionMNIST
+
+        names = tuple(FashionMNIST.classes)
+    spec_classes = num_classes if num_classes is not None else len(names)
+    if len(names) != spec_classes:
+        from cbnotes.data import DATASETS
+
+        count = num_classes if num_classes is not None else DATASETS[dataset].num_classes
+        return [f"class {i}" for i in range(count)]
+    return list(names)
+
+
+def mean_std_text(mean: float, std: float, n: int | None = None) -> str:
+    """'24.39 ± 0.90' (with ' (n=3)' when ``n`` is given); the mean alone for one value."""
+    core = _mean_std(float(mean), float(std) if std is not None else math.nan)
+    return core if n is None else f"{core} (n={int(n)})"
+
+
+def cb_vs_plain_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of :func:`cb_vs_plain` as display strings (data, IF, loss, plain, CB, Δ, ...)."""
+    rows = []
+    for r in table.itertuples(index=False):
+        se = "–" if math.isnan(r.se) else f"{r.se:.2f}"
+        rows.append(
+            {
+                "data": dataset_title(r.dataset),
+                "IF": f"{r.imbalance_factor:g}",
+                "loss": r.loss,
+                "plain": mean_std_text(r.plain_mean, r.plain_std),
+                "class-balanced": f"{mean_std_text(r.cb_mean, r.cb_std)} ({r.weighting})",
+                "Δ = CB − plain": f"{r.diff:+.2f}",
+                "SE of Δ": se,
+                "seeds": f"{r.plain_n} + {r.cb_n}",
+                "CB lower in": f"{r.cb_lower} seeds",
+                "verdict": r.verdict,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _signed(value: float) -> str:
+    """'−3.99' / '+0.03' (a typographic minus)."""
+    return f"{value:+.2f}".replace("-", "−")
+
+
+def describe_cb_vs_plain(table: pd.DataFrame, indent: str = "") -> str:
+    """Markdown bullets, one per (data set, IF): which losses class-balancing helps, by how much
+    (Δ ± SE, in points of top-1 error), and where the difference is within the seed noise."""
+    if table.empty:
+        return f"{indent}- no class-balanced run has a plain partner among these results."
+    lines = []
+    for (dataset, imbalance), part in table.groupby(["dataset", "imbalance_factor"], sort=False):
+        clauses = []
+        for verdict, rows in part.groupby("verdict", sort=False):
+            items = ", ".join(
+                f"{r.loss} ({_signed(r.diff)}"
+                + ("" if math.isnan(r.se) else f" ± {r.se:.2f}")
+                + ")"
+                for r in rows.itertuples(index=False)
+            )
+            clauses.append(f"{verdict}: {items}")
+        title = f"{dataset_title(dataset)}, IF {imbalance:g}"
+        lines.append(f"{indent}- **{title}** — " + "; ".join(clauses))
+    return "\n".join(lines)
+
+
+def effect_table(table: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Per (data set, IF): softmax, the best plain and the best class-balanced error, and the
+    gains of the best CB setting over both (negative = lower error with CB).
+
+    ``table`` has columns dataset, imbalance_factor, label, class_balanced and ``error`` (one row
+    per setting: Table 2 rows, or means over seeds). Both "best" values are minima over the
+    settings in ``table``.
+    """
+    rows = []
+    for (dataset, imbalance), part in table.groupby(["dataset", "imbalance_factor"], sort=False):
+        balanced = part["class_balanced"].astype(bool)
+        plain, cb = part[~balanced], part[balanced]
+        if plain.empty or cb.empty or "softmax" not in set(plain["label"]):
+            continue
+        softmax = float(plain.loc[plain["label"] == "softmax", "error"].iloc[0])
+        best_plain, best_cb = plain.loc[plain["error"].idxmin()], cb.loc[cb["error"].idxmin()]
+        rows.append(
+            {
+                "source": source,
+                "data": dataset_title(dataset),
+                "IF": f"{imbalance:g}",
+                "softmax": softmax,
+                "best plain": float(best_plain["error"]),
+                "best plain loss": best_plain["label"],
+                "best CB": float(best_cb["error"]),
+                "best CB setting": best_cb["label"],
+                "CB − softmax": float(best_cb["error"]) - softmax,
+                "CB − best plain": float(best_cb["error"] - best_plain["error"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def paper_effects(imbalance_factors: Iterable[float] | None = None) -> pd.DataFrame:
+    """:func:`effect_table` of the paper's Table 2 (both data sets; all or the given IFs > 1)."""
+    from cbnotes.paper import paper_table2
+
+    paper = paper_table2()
+    paper = paper[paper["imbalance_factor"] > 1]
+    if imbalance_factors is not None:
+        paper = paper[paper["imbalance_factor"].isin([float(f) for f in imbalance_factors])]
+    cb = paper["method"] == "class-balanced"
+    labels = [
+        (f"CB {loss}" + ("" if pd.isna(gamma) else f" γ={gamma:g}") + f" (β={beta:g})")
+        if is_cb
+        else method
+        for method, loss, beta, gamma, is_cb in zip(
+            paper["method"], paper["loss_type"], paper["beta"], paper["gamma"], cb, strict=True
+        )
+    ]
+    tidy = paper.assign(label=labels, class_balanced=cb, error=paper["top1_error"])
+    return effect_table(tidy, "paper (Table 2)")
+
+
+def study_effects(df: pd.DataFrame) -> pd.DataFrame:
+    """:func:`effect_table` of finished runs (means over seeds), e.g. the committed CPU study."""
+    from cbnotes.results import aggregate
+
+    if df.empty:
+        return effect_table(df.assign(error=[]), "ours")
+    agg = aggregate(df, metrics=("top1_error",)).rename(columns={"top1_error_mean": "error"})
+    depth, epochs = int(df["depth"].iloc[0]), int(df["epochs"].iloc[0])
+    return effect_table(agg, f"ours: ResNet-{depth}, {epochs} epochs, mean of {agg['n'].max()}")
+
+
+def pair_records(
+    df: pd.DataFrame, records: dict[str, dict]
+) -> dict[tuple[str, float, str], dict[str, list[dict]]]:
+    """The result records of each plain loss and its class-balanced version, by seed.
+
+    Keys are (dataset, IF, plain loss label); values ``{"plain": [...], "CB": [...]}``. Where a
+    loss has several CB settings, the one with the most seeds (then the largest β) is used.
+    ``records`` maps run ids to result records (:meth:`cbnotes.notebook.Study.records`).
+    """
+    from cbnotes.methods import method_label
+
+    pairs = cb_vs_plain(df)
+    if pairs.empty:
+        return {}
+    keys = ["dataset", "imbalance_factor", "loss"]
+    pairs = pairs.sort_values(["cb_n", "beta"]).groupby(keys, sort=False).tail(1).sort_index()
+    out = {}
+    for r in pairs.itertuples(index=False):
+        part = df[(df["dataset"] == r.dataset) & (df["imbalance_factor"] == r.imbalance_factor)]
+        plain = part[part["label"] == r.loss]
+        first = plain.iloc[0]
+        gamma = None if pd.isna(first["gamma"]) else float(first["gamma"])
+        label = method_label(first["loss_type"], {"beta": r.beta, "gamma": gamma})
+        chosen = {"plain": plain, "CB": part[part["label"] == label]}
+        out[(r.dataset, r.imbalance_factor, r.loss)] = {
+            kind: [records[i] for i in runs.sort_values("seed")["run_id"] if i in records]
+            for kind, runs in chosen.items()
+        }
+    return out
+
+
+def stack_records(records: Iterable[dict], get: Callable[[dict], Iterable]) -> np.ndarray:
+    """Array (runs, ...) of one per-run quantity ``get(record)``; None (no test sample) -> NaN."""
+    return np.array([[np.nan if v is None else v for v in get(r)] for r in records], dtype=float)
+
+
+def _per_class(record: dict) -> list[float | None]:
+    return record["final_metrics"]["per_class_accuracy"]
+
+
+def per_class_table(
+    paired: dict[tuple[str, float, str], dict[str, list[dict]]],
+    dataset: str,
+    imbalance: float,
+    names: list[str],
+) -> pd.DataFrame:
+    """Mean per-class test accuracy (%) over seeds: one row per class (and a mean row), columns
+    (loss, plain / CB), plus the training images per class."""
+    table, counts = {}, None
+    for (ds, factor, loss), runs in paired.items():
+        if ds != dataset or factor != imbalance or not runs["plain"] or not runs["CB"]:
+            continue
+        counts = runs["plain"][0]["train_counts"]
+        for kind in ("plain", "CB"):
+            table[(loss, kind)] = np.nanmean(stack_records(runs[kind], _per_class), axis=0)
+    if counts is None:
+        return pd.DataFrame()
+    out = pd.DataFrame(table, index=pd.Index(names, name="class"))
+    out.insert(0, ("", "train images"), counts)
+    out.loc["mean (= 100 − error)"] = [np.nan, *out.iloc[:, 1:].mean().tolist()]
+    return out
+
+
+def describe_per_class(table: pd.DataFrame) -> str:
+    """Markdown: which classes class-balancing helps and hurts most in a
+    :func:`per_class_table` (ranges over the losses), and what happens to the hardest class."""
+    classes = table.drop(index="mean (= 100 − error)")
+    losses = [loss for loss, kind in classes.columns if kind == "CB"]
+    delta = pd.DataFrame(
+        {loss: classes[(loss, "CB")] - classes[(loss, "plain")] for loss in losses}
+    )
+    plain = classes[[(loss, "plain") for loss in losses]]
+    cb = classes[[(loss, "CB") for loss in losses]]
+    counts = classes[("", "train images")]
+
+    def span(values: pd.Series) -> str:
+        low, high = float(values.min()), float(values.max())
+        return f"{low:.0f}" if round(low) == round(high) else f"{low:.0f} to {high:.0f}"
+
+    def who(index: Iterable[str]) -> str:
+        return " and ".join(f"{name} ({int(counts[name]):,} images)" for name in index)
+
+    order = delta.mean(axis=1).sort_values()
+    gainers, losers = order.index[::-1][:2], order.index[:2]
+    hardest = plain.mean(axis=1).idxmin()
+    means = table.loc["mean (= 100 − error)"]
+    mean_plain = means[[(loss, "plain") for loss in losses]]
+    mean_cb = means[[(loss, "CB") for loss in losses]]
+    return (
+        f"Class-balancing helps {who(gainers)} most, by {span(delta.loc[gainers].stack())} "
+        f"points (over the losses), and costs {who(losers)} {span(-delta.loc[losers].stack())} "
+        f"points. The class the plain losses recognise worst is {hardest} "
+        f"({int(counts[hardest]):,} images, {span(plain.loc[hardest])} %); class-balancing "
+        f"brings it to {span(cb.loc[hardest])} %. The mean over the classes (= 100 − top-1 "
+        f"error) goes from {span(mean_plain)} % (plain) to {span(mean_cb)} % (class-balanced)."
+    )
+
+
+def sweep_runs(df: pd.DataFrame, over: str, at_least: int) -> pd.DataFrame:
+    """The runs of ``df`` that belong to a sweep over ``over`` ("beta" or "gamma"): groups of
+    (dataset, IF, method and the other parameter) with at least ``at_least`` values of it. Adds
+    a ``method`` column (loss, with γ for a β sweep)."""
+    other = "gamma" if over == "beta" else "beta"
+    data = df.assign(_o=df[other].astype(float).fillna(-1.0))
+    keys = ["dataset", "imbalance_factor", "loss_type", "_o"]
+    sizes = data.groupby(keys)[over].transform("nunique")
+    swept = data[sizes >= at_least]
+    method = [
+        lt + ("" if pd.isna(g) else f" γ={g:g}") if over == "beta" else lt
+        for lt, g in zip(swept["loss_type"], swept["gamma"], strict=True)
+    ]
+    return swept.drop(columns="_o").assign(method=method)

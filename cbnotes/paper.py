@@ -1,4 +1,4 @@
-"""The paper's published numbers, machine-readable (Cui et al., CVPR 2019, Table 2).
+"""Published numbers, machine-readable: the paper's Table 2 and the LDAM paper's Table 2.
 
 ``table2.csv`` (package data) is a tidy copy of Table 2: top-1 error (%) of ResNet-32 on
 long-tailed CIFAR-10/100, one row per (dataset, imbalance factor, method). The
@@ -47,3 +47,19 @@ def paper_table2_wide() -> pd.DataFrame:
     wide = df.pivot(index="method", columns=["dataset", "imbalance_factor"], values="top1_error")
     columns = [(d, float(f)) for d, f in PAPER_COLUMNS]
     return wide.loc[list(PAPER_METHODS), columns]
+
+
+def ldam_table2() -> pd.DataFrame:
+    """Table 2 of the LDAM paper (Cao et al., NeurIPS 2019): top-1 error (%) on CIFAR-LT.
+
+    ResNet-32 on CIFAR-10/100-LT at imbalance factors 100 and 10, the LDAM authors' runs of
+    ERM, class-balanced re-sampling, re-weighting and focal loss, LDAM and LDAM-DRW.
+    ``our_method`` is the display name of the closest cbnotes method. Their "CB" rows are not
+    computed exactly as this paper's code (their re-weighted CE divides by the sum of the
+    weights, their focal loss is the softmax focal loss), and their selection protocol is not
+    this paper's, so these are references for the order of magnitude, not for decimals.
+    """
+    text = resources.files("cbnotes").joinpath("ldam_table2.csv").read_text(encoding="utf-8")
+    df = pd.read_csv(StringIO(text), dtype={"dataset": str, "method": str, "our_method": str})
+    df["imbalance_factor"] = df["imbalance_factor"].astype(float)
+    return df

@@ -62,10 +62,15 @@ def augment_batch(
     return out.reshape(b, c, h, w) * inside[:, None]
 
 
-def normalize(images: Tensor) -> Tensor:
-    """Map uint8 pixels to float32 x/128 - 1 (the official input scaling)."""
+def normalize(images: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Map uint8 pixels to x/128 - 1 (the official input scaling), float32 unless ``dtype``.
+
+    The values are exact in any floating dtype (multiples of 1/128 in [-1, 1)).
+    """
     _check_uint8_batch(images)
-    return images.float().div_(128.0).sub_(1.0)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    return images.to(dtype).div_(128.0).sub_(1.0)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -74,7 +79,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 class DeviceLoader:
-    """Batches (x float32 normalized, y int64) of an ImageSet kept on the training device."""
+    """Batches (x normalized, float32 unless ``dtype``; y int64) of an ImageSet on the device."""
 
     def __init__(
         self,
@@ -88,9 +93,11 @@ class DeviceLoader:
         drop_last: bool = False,
         channels_last: bool = False,
         class_weights: torch.Tensor | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         """Move ``data`` to ``device``; ``train`` turns on per-epoch shuffle and augmentation,
-        and ``class_weights`` (training only) per-epoch re-sampling by class."""
+        and ``class_weights`` (training only) per-epoch re-sampling by class. ``dtype`` is the
+        dtype of the images it yields (e.g. float64 for exactness tests)."""
         if not isinstance(data, ImageSet):
             raise ValueError(f"data must be a cbnotes.data.ImageSet, got {type(data).__name__}")
         if len(data) == 0:
@@ -101,6 +108,9 @@ class DeviceLoader:
         self.train = bool(train)
         self.drop_last = bool(drop_last)
         self.channels_last = bool(channels_last)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        self.dtype = dtype
         self.device = torch.device(device)
         self.data = data.to(self.device)
         self.epoch = 0
@@ -159,7 +169,7 @@ class DeviceLoader:
                 y = labels.index_select(0, idx)
             else:
                 x, y = images[lo:hi], labels[lo:hi]
-            x = normalize(x)
+            x = normalize(x, self.dtype)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y

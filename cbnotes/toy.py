@@ -26,6 +26,7 @@ __all__ = [
     "predict_grid",
     "toy_mlp",
     "train_toy",
+    "train_toy_method",
 ]
 
 TOY_COUNTS: tuple[int, ...] = (1000, 100, 20)
@@ -157,6 +158,76 @@ def train_toy(
             snapshots[step + 1] = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.eval()
     return ToyRun(model=model, losses=history.cpu().tolist(), snapshots=snapshots)
+
+
+class _PosthocAdjusted(nn.Module):
+    """A trained model whose logits are shifted by -τ log π_j at prediction time."""
+
+    def __init__(self, model: nn.Module, counts: Sequence[int], tau: float) -> None:
+        super().__init__()
+        self.model = model
+        prior = torch.tensor(counts, dtype=torch.float64)
+        self.register_buffer("shift", (tau * (prior / prior.sum()).log()).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) - self.shift
+
+
+def train_toy_method(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    samples_per_class: Sequence[int],
+    method: str = "softmax",
+    params: dict | None = None,
+    steps: int = 300,
+    lr: float = 0.01,
+    hidden: int = 32,
+    seed: int = 0,
+    posthoc_tau: float | None = None,
+) -> ToyRun:
+    """Full-batch AdamW with any method of the registry (:mod:`cbnotes.methods`).
+
+    The head, its bias init and the criterion come from the registry. A step plays the role
+    of an epoch: deferred re-weighting switches at 80 % of the steps (the paper's first lr
+    decay, 160 of 200), and re-sampling draws a new full batch with replacement every step.
+    ``posthoc_tau`` wraps the trained model so that it predicts with post-hoc logit adjustment.
+    """
+    from cbnotes.methods import build_criterion, get_method, sampling_weights
+    from cbnotes.models import NormedLinear
+    from cbnotes.training import Recipe
+
+    counts = _check_counts(samples_per_class)
+    spec = get_method(method)
+    params = dict(params or {})
+    model = toy_mlp(len(counts), hidden, seed).to(x.device)
+    if spec.head == "cosine":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model[-1] = NormedLinear(hidden, len(counts)).to(x.device)
+    if spec.prior_bias:
+        with torch.no_grad():
+            model[-1].bias.fill_(prior_bias(len(counts)))
+    criterion = build_criterion(method, counts, params, Recipe.scaled(steps)).to(x.device)
+    weights = sampling_weights(method, counts, params)
+    draw = None if weights is None else weights.to(x.device)[y].double()
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    history = torch.empty(steps, device=x.device)
+    for step in range(steps):
+        getattr(criterion, "set_epoch", lambda _: None)(step)
+        xb, yb = x, y
+        if draw is not None:
+            index = torch.multinomial(draw, len(y), replacement=True, generator=generator)
+            xb, yb = x[index], y[index]
+        optimizer.zero_grad(set_to_none=True)
+        loss = criterion(model(xb), yb)
+        loss.backward()
+        optimizer.step()
+        history[step] = loss.detach()
+    model.eval()
+    if posthoc_tau is not None:
+        model = _PosthocAdjusted(model, counts, posthoc_tau).to(x.device).eval()
+    return ToyRun(model=model, losses=history.cpu().tolist())
 
 
 @torch.no_grad()

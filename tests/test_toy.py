@@ -151,3 +151,32 @@ def test_train_toy_rejects_bad_shapes_and_settings():
         train_toy(x, y, [20, 10], steps=0)
     with pytest.raises(ValueError, match="loss_type"):
         train_toy(x, y, [20, 10], loss_type="hinge", steps=1)
+
+
+def test_any_registered_method_trains_on_the_toy_problem_with_its_head():
+    from cbnotes.models import NormedLinear
+    from cbnotes.toy import train_toy_method
+
+    x, y = make_blobs(TOY_COUNTS, seed=0)
+    ldam = train_toy_method(x, y, TOY_COUNTS, "ldam", steps=20)
+    assert isinstance(ldam.model[-1], NormedLinear)
+    focal = train_toy_method(x, y, TOY_COUNTS, "focal", {"gamma": 1.0}, steps=1)
+    assert focal.model[-1].bias.detach().allclose(torch.full((3,), -math.log(2)), atol=0.05)
+    for method in ("resample", "drw", "balanced_softmax", "logit_adjusted"):
+        run = train_toy_method(x, y, TOY_COUNTS, method, steps=20)
+        assert len(run.losses) == 20
+        assert all(math.isfinite(v) for v in run.losses)
+
+
+def test_prior_corrections_lift_the_tail_class_of_the_toy_problem():
+    """Balanced Softmax, logit adjustment and post-hoc adjustment all trade head for tail."""
+    from cbnotes.toy import train_toy_method
+
+    x, y = make_blobs(TOY_COUNTS, seed=0)
+    xt, yt = make_blobs((300, 300, 300), seed=1)
+    plain = evaluate(train_toy_method(x, y, TOY_COUNTS, "softmax", steps=300).model, xt, yt)
+    for method, tau in (("balanced_softmax", None), ("logit_adjusted", None), ("softmax", 1.0)):
+        run = train_toy_method(x, y, TOY_COUNTS, method, steps=300, posthoc_tau=tau)
+        adjusted = evaluate(run.model, xt, yt)
+        assert adjusted[-1] > plain[-1] + 10, (method, adjusted, plain)
+        assert adjusted[0] < plain[0], (method, adjusted, plain)
