@@ -38,6 +38,8 @@ forms, validation once in ``__init__``, no device sync per step):
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from collections.abc import Sequence
 from numbers import Integral, Real
@@ -288,127 +290,166 @@ def _focal_parts(
     exponent), both >= 0 for ``t`` in [0, 1]; for a binary ``t`` the bracket is exactly
     ``relu(±z)`` or 0, so tiny values keep their digits where ``softplus(-z) + z`` would not.
     """
-    log_term = torch.log1p(torch.exp(z.abs().neg_()))
-    tz = targets * z
     positive = torch.relu(z)
+    log_term = torch.log1p(torch.exp(torch.sub(z, positive, alpha=2.0)))  # z - 2relu(z) = -|z|
+    tz = targets * z
     bce = log_term + (positive - tz)
     exponent = log_term + ((positive - z) + tz)  # relu(z) - z = relu(-z), exactly
-    return torch.exp(exponent.mul_(-gamma)), bce
+    return torch.exp(exponent * -gamma), bce
+
+
+def _focal_parts_signed(negated: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_focal_parts` for one-hot targets, from the negated signed logit ``-x``.
+
+    ``-x`` is ``z`` with the target column negated; ``b = softplus(-x) = L + relu(-x)`` and
+    ``u = softplus(x) = L + relu(x)``. These are the operations of :func:`_focal_parts` for a
+    binary ``t``, value for value, so both give bitwise the same loss.
+    """
+    positive = torch.relu(negated)
+    log_term = torch.log1p(torch.exp(torch.sub(negated, positive, alpha=2.0)))
+    bce = log_term + positive
+    exponent = (positive - negated) + log_term  # relu(-x) - (-x) = relu(x), exactly
+    return torch.exp(exponent * -gamma), bce
+
+
+def _focal_grad(
+    z: torch.Tensor,
+    targets: torch.Tensor,
+    modulator: torch.Tensor,
+    bce: torch.Tensor,
+    scale: torch.Tensor,
+    gamma: float,
+) -> torch.Tensor:
+    """``scale·∂f/∂z = scale·m·(p·c_1 - q·c_2)`` of the focal terms (see :class:`_FocalLoss`)."""
+    negatives = 1.0 - targets
+    c_1 = torch.addcmul(negatives, bce, targets, value=-gamma)
+    c_2 = torch.addcmul(targets, bce, negatives, value=-gamma)
+    slope = torch.addcmul(torch.sigmoid(z) * c_1, torch.sigmoid(-z), c_2, value=-1.0)
+    return slope * modulator * scale
+
+
+def _focal_grad_signed(
+    negated: torch.Tensor,
+    sign: torch.Tensor,
+    modulator: torch.Tensor,
+    bce: torch.Tensor,
+    scale: torch.Tensor,
+    gamma: float,
+) -> torch.Tensor:
+    """``scale·∂f/∂z = scale·sign·m·(σ(-x) + γ·b·σ(x))`` for one-hot targets (``-x = sign·z``)."""
+    slope = torch.addcmul(torch.sigmoid(negated), bce, torch.sigmoid(-negated), value=gamma)
+    return slope * modulator * sign * scale
 
 
 class _FocalLoss(torch.autograd.Function):
-    """``(1/B) Σ_b α_b Σ_i (1-p^t_bi)^γ BCE(z_bi, t_bi)`` with a closed-form gradient (Eq. 7).
+    """``Σ_b r_b Σ_i (1-p^t_bi)^γ BCE(z_bi, t_bi)`` with a closed-form gradient (Eq. 7).
 
-    Per element, with ``u = t·z + softplus(-z)`` (``= -log(1-p^t)`` for binary ``t``),
-    ``b = softplus(-z) + (1-t)·z`` (``= -log p^t``) and ``m = exp(-γu) = (1-p^t)^γ``:
-    ``f = m·b``, ``∂f/∂z = m·((σ(z) - t) - γ·b·(σ(z) + t - 1))`` and
+    ``r_b = α_b / B``. Per element, with ``u = t·z + softplus(-z)`` (``= -log(1-p^t)`` for
+    binary ``t``), ``b = softplus(-z) + (1-t)·z`` (``= -log p^t``) and ``m = exp(-γu)``
+    ``= (1-p^t)^γ``: ``f = m·b``, ``∂f/∂z = m·((σ(z) - t) - γ·b·(σ(z) + t - 1))`` and
     ``∂f/∂t = -z·m·(1 + γ·b)``. Only log1p, exp of non-positive numbers and sigmoid appear,
     never a power of ``1-p^t``: where ``p^t`` rounds to 1 the term and its gradient are 0 for
     every γ >= 0, including γ < 1 (the limit of the reference's autograd, not ``0^(γ-1)``).
     ``∂f/∂z`` is evaluated as ``m·(p·c_1 - q·c_2)`` with ``p = σ(z)``, ``q = σ(-z)``,
     ``c_1 = (1-t) - γb·t``, ``c_2 = t - γb·(1-t)``: for binary ``t`` one of ``p·c_1``, ``q·c_2``
-    vanishes, where ``σ(z) - t`` and ``σ(z) + t - 1`` would lose digits. With
-    ``create_graph=True`` the gradient is rebuilt from ``z``, so it is itself differentiable.
+    vanishes, where ``σ(z) - t`` and ``σ(z) + t - 1`` would lose digits.
+
+    The gradient with respect to ``z`` is computed in the forward pass, which shares its
+    intermediate values (call it only when a gradient is wanted); with ``create_graph=True``
+    it is rebuilt from ``z``, so it is itself differentiable.
     """
 
     @staticmethod
     def forward(
-        ctx: Any,
-        z: torch.Tensor,
-        targets: torch.Tensor,
-        alpha: torch.Tensor,
-        gamma: float,
-        batch: int,
+        ctx: Any, z: torch.Tensor, targets: torch.Tensor, row: torch.Tensor, gamma: float
     ) -> torch.Tensor:
-        """Focal terms of ``z`` (B, C) weighted by ``alpha`` (B,) per row, summed, over B."""
+        """Focal terms of ``z`` (B, C) against ``targets`` (B, C), weighted by ``row`` (B,)."""
         modulator, bce = _focal_parts(z, targets, gamma)
-        ctx.save_for_backward(z, targets, alpha, modulator, bce)
-        ctx.gamma, ctx.batch = gamma, batch
-        return torch.dot(alpha, (modulator * bce).sum(dim=1)) / batch
+        grad_z = _focal_grad(z, targets, modulator, bce, row.unsqueeze(1), gamma)
+        ctx.save_for_backward(grad_z, z, targets, row)
+        ctx.gamma = gamma
+        return torch.dot(row, (modulator * bce).sum(dim=1))
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        """Closed-form gradients with respect to ``z``, ``targets`` and ``alpha``."""
-        z, targets, alpha, modulator, bce = ctx.saved_tensors
-        gamma, grad = ctx.gamma, grad / ctx.batch
-        if torch.is_grad_enabled():  # create_graph=True: recompute from z to keep the graph
+        """Gradients with respect to ``z`` (precomputed), ``targets`` and ``row``."""
+        grad_z, z, targets, row = ctx.saved_tensors
+        gamma = ctx.gamma
+        needs_z, needs_t, needs_row = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled() or needs_t or needs_row:  # create_graph=True, or rare grads
             modulator, bce = _focal_parts(z, targets, gamma)
-        row_scale = (grad * alpha).unsqueeze(1)
-        grad_z = grad_t = grad_alpha = None
-        if ctx.needs_input_grad[0]:
-            p, q = torch.sigmoid(z), torch.sigmoid(-z)
-            negatives = 1.0 - targets
-            c_1 = torch.addcmul(negatives, bce, targets, value=-gamma)
-            c_2 = torch.addcmul(targets, bce, negatives, value=-gamma)
-            slope = torch.addcmul(p * c_1, q, c_2, value=-1.0)
-            grad_z = slope * modulator * row_scale
-        if ctx.needs_input_grad[1]:
-            grad_t = -z * modulator * torch.add(1.0, bce, alpha=gamma) * row_scale
-        if ctx.needs_input_grad[2]:
-            grad_alpha = grad * (modulator * bce).sum(dim=1)
-        return grad_z, grad_t, grad_alpha, None, None
-
-
-def _flip_targets(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``values`` (B, C) with the entries at the target columns ``index`` (B, 1) negated."""
-    return values.scatter(1, index, values.gather(1, index).neg())
-
-
-def _focal_parts_negated(
-    negated: torch.Tensor, z: torch.Tensor, gamma: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(1-p^t)^γ`` and ``-log p^t`` from the negated signed logit ``-x`` (one-hot targets).
-
-    ``-log p^t = softplus(-x) = L + relu(-x)`` and ``-log(1-p^t) = L + relu(x)`` with
-    ``L = log(1 + e^{-|z|})``; the same operations as :func:`_focal_parts` for binary targets.
-    """
-    log_term = torch.log1p(torch.exp(z.abs().neg_()))
-    positive = torch.relu(negated)
-    bce = log_term + positive
-    exponent = log_term + (positive - negated)  # relu(-x) - (-x) = relu(x), exactly
-    return torch.exp(exponent.mul_(-gamma)), bce
+            if torch.is_grad_enabled():
+                grad_z = _focal_grad(z, targets, modulator, bce, row.unsqueeze(1), gamma)
+        grad_t = grad_row = None
+        if needs_t:
+            grad_t = -z * modulator * torch.add(1.0, bce, alpha=gamma) * (grad * row).unsqueeze(1)
+        if needs_row:
+            grad_row = grad * (modulator * bce).sum(dim=1)
+        return grad_z * grad if needs_z else None, grad_t, grad_row, None
 
 
 class _FocalLossLabels(torch.autograd.Function):
-    """:class:`_FocalLoss` for integer labels: the one-hot targets are never materialized.
+    """:class:`_FocalLoss` for integer labels, given as ``sign`` (B, C): -1 at the targets.
 
-    Works on the negated signed logit ``-x`` (``z``, with the target column negated): per
-    element ``f = m·b`` with ``b = softplus(-x)``, ``m = exp(-γ·softplus(x))`` and
-    ``∂f/∂(-x) = m·(σ(-x) + γ·b·σ(x))``, a sum of non-negative terms (no cancellation); the
-    target column's sign is flipped back for ``∂f/∂z``.
+    Works on ``-x = sign·z``: per element ``f = m·b`` with ``b = softplus(-x)``,
+    ``m = exp(-γ·softplus(x))`` and ``∂f/∂(-x) = m·(σ(-x) + γ·b·σ(x))``, a sum of
+    non-negative terms (no cancellation); ``∂f/∂z = sign·∂f/∂(-x)``. As in
+    :class:`_FocalLoss`, the gradient is computed in the forward pass.
     """
 
     @staticmethod
     def forward(
-        ctx: Any,
-        z: torch.Tensor,
-        index: torch.Tensor,
-        alpha: torch.Tensor,
-        gamma: float,
-        batch: int,
+        ctx: Any, z: torch.Tensor, sign: torch.Tensor, row: torch.Tensor, gamma: float
     ) -> torch.Tensor:
-        """Focal terms of ``z`` (B, C) with targets ``index`` (B, 1), ``alpha`` (B,) per row."""
-        negated = _flip_targets(z, index)
-        modulator, bce = _focal_parts_negated(negated, z, gamma)
-        ctx.save_for_backward(z, index, alpha, negated, modulator, bce)
-        ctx.gamma, ctx.batch = gamma, batch
-        return torch.dot(alpha, (modulator * bce).sum(dim=1)) / batch
+        """Focal terms of ``z`` (B, C) with targets where ``sign`` is -1, weighted by ``row``."""
+        # _focal_parts_signed, then _focal_grad_signed without its two sigmoids, in place on a
+        # few buffers: with e = exp(-|z|), I = [-x > 0] and J = 1 - I, σ(-x)·(1 + e) = I + J·e
+        # and σ(x)·(1 + e) = J + I·e, each exact (one term is 0).
+        negated = z * sign
+        modulator = torch.relu(negated)  # relu(-x) for now
+        exp_abs = torch.sub(negated, modulator, alpha=2.0).exp_()  # exp(-|z|)
+        log_term = torch.log1p(exp_abs)
+        bce = log_term + modulator
+        above = torch.sign(modulator)  # I, in {0, 1}
+        modulator.sub_(negated).add_(log_term).mul_(_constant(-gamma, z.dtype)).exp_()
+        below = torch.sub(1.0, above, out=log_term)  # J
+        slope = torch.addcmul(above, below, exp_abs)  # σ(-x)·(1 + e)
+        slope.addcmul_(bce, below.addcmul_(above, exp_abs), value=gamma)  # + γ·b·σ(x)·(1 + e)
+        grad_z = slope.div_(exp_abs.add_(1.0)).mul_(modulator).mul_(sign).mul_(row.unsqueeze(1))
+        ctx.save_for_backward(grad_z, z, sign, row)
+        ctx.gamma = gamma
+        return torch.dot(row, bce.mul_(modulator).sum(dim=1))
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        """Closed-form gradients with respect to ``z`` and ``alpha``."""
-        z, index, alpha, negated, modulator, bce = ctx.saved_tensors
-        gamma, grad = ctx.gamma, grad / ctx.batch
-        if torch.is_grad_enabled():  # create_graph=True: recompute from z to keep the graph
-            negated = _flip_targets(z, index)
-            modulator, bce = _focal_parts_negated(negated, z, gamma)
-        grad_z = grad_alpha = None
-        if ctx.needs_input_grad[0]:
-            slope = torch.addcmul(torch.sigmoid(negated), bce, torch.sigmoid(-negated), value=gamma)
-            grad_z = _flip_targets(slope * modulator * (grad * alpha).unsqueeze(1), index)
-        if ctx.needs_input_grad[2]:
-            grad_alpha = grad * (modulator * bce).sum(dim=1)
-        return grad_z, None, grad_alpha, None, None
+        """Gradients with respect to ``z`` (precomputed) and ``row``."""
+        grad_z, z, sign, row = ctx.saved_tensors
+        gamma = ctx.gamma
+        needs_row = ctx.needs_input_grad[2]
+        if torch.is_grad_enabled() or needs_row:  # create_graph=True, or a gradient for row
+            negated = z * sign
+            modulator, bce = _focal_parts_signed(negated, gamma)
+            if torch.is_grad_enabled():
+                grad_z = _focal_grad_signed(negated, sign, modulator, bce, row.unsqueeze(1), gamma)
+        grad_row = grad * (modulator * bce).sum(dim=1) if needs_row else None
+        return grad_z * grad if ctx.needs_input_grad[0] else None, None, grad_row, None
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(value: float, dtype: torch.dtype) -> torch.Tensor:
+    """A cached 0-dim CPU tensor holding ``value`` (cheaper operand than a Python float)."""
+    return torch.scalar_tensor(value, dtype=dtype)
+
+
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """A context that disables autocast on ``device_type`` (a no-op where it is off)."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        enabled = True
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, enabled=False)
 
 
 def _row_weights(targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -430,26 +471,37 @@ def _weighted_loss(
 ) -> torch.Tensor:
     """The class-balanced loss on validated inputs, in float32/float64 with autocast off.
 
-    Focal with γ > 0 uses the closed-form :class:`_FocalLoss`; ``reference=True`` uses the
-    autograd of :func:`_focal_terms_reference` instead (kept for tests and benchmarks).
+    Focal with γ > 0 uses the closed-form :class:`_FocalLossLabels` (integer labels) or
+    :class:`_FocalLoss` (float targets); ``reference=True`` differentiates
+    :func:`_focal_terms_reference` with autograd instead (kept for tests and benchmarks).
     """
-    with torch.autocast(device_type=logits.device.type, enabled=False):
+    with _autocast_off(logits.device.type):
         z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
-        weights = weights.to(device=z.device, dtype=z.dtype)
+        weights = weights.to(z)  # dtype and device of z
         batch = z.shape[0]
+        fast_focal = loss_type == "focal" and bool(gamma) and not reference
+        wants_grad = torch.is_grad_enabled() and (z.requires_grad or weights.requires_grad)
         if labels.is_floating_point():  # multi-hot targets (B, C), sigmoid or focal
             targets = labels.to(z.dtype)
             alpha = _row_weights(targets, weights)
+            if fast_focal and (wants_grad or targets.requires_grad):
+                return _FocalLoss.apply(z, targets, alpha / batch, gamma)
+            if fast_focal:  # the same terms, no gradient wanted
+                modulator, bce = _focal_parts(z, targets, gamma)
+                return torch.dot(alpha / batch, (modulator * bce).sum(dim=1))
         else:
             labels = labels.long()  # int32/uint8 labels are fine; no-op for int64
             if loss_type == "softmax":  # Σ_b α_{y_b} CE_b / B (not the weighted mean)
                 return F.cross_entropy(z, labels, weight=weights, reduction="sum") / batch
             alpha = weights.index_select(0, labels)
-            if loss_type == "focal" and gamma and not reference:
-                return _FocalLossLabels.apply(z, labels.unsqueeze(1), alpha, gamma, batch)
-            targets = torch.zeros_like(z).scatter_(1, labels.unsqueeze(1), 1.0)  # one-hot
-        if loss_type == "focal" and gamma and not reference:
-            return _FocalLoss.apply(z, targets, alpha, gamma, batch)
+            index = labels.unsqueeze(1)
+            if fast_focal:
+                sign = torch.ones_like(z).scatter_(1, index, -1.0)
+                if wants_grad:
+                    return _FocalLossLabels.apply(z, sign, alpha / batch, gamma)
+                modulator, bce = _focal_parts_signed(z * sign, gamma)  # no gradient wanted
+                return torch.dot(alpha / batch, (modulator * bce).sum(dim=1))
+            targets = torch.zeros_like(z).scatter_(1, index, 1.0)  # one-hot
         if loss_type == "focal" and gamma:
             terms = _focal_terms_reference(z, targets, gamma)
         else:

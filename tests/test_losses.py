@@ -662,7 +662,7 @@ def test_closed_form_gradcheck_and_gradgradcheck_in_float64(gamma):
     z = (3 * torch.randn(4, 5, generator=gen, dtype=torch.float64)).requires_grad_(True)
     soft = torch.rand(4, 5, generator=gen, dtype=torch.float64).requires_grad_(True)
     alpha = (torch.rand(4, generator=gen, dtype=torch.float64) + 0.5).requires_grad_(True)
-    fn = lambda a, t, r: _FocalLoss.apply(a, t, r, gamma, 4)
+    fn = lambda a, t, r: _FocalLoss.apply(a, t, r, gamma)
     assert torch.autograd.gradcheck(fn, (z, soft, alpha))
     assert torch.autograd.gradgradcheck(fn, (z, soft, alpha))
 
@@ -677,3 +677,31 @@ def test_closed_form_with_soft_targets_equals_the_reference_formula():
             _weighted_loss(z, soft, w, "focal", gamma),
             _weighted_loss(z, soft, w, "focal", gamma, reference=True),
         )
+
+
+@pytest.mark.parametrize("multi_hot", [False, True])
+def test_focal_without_gradient_gives_the_same_value(multi_hot):
+    z, labels = random_case(35, 3.0, multi_hot)
+    module = ClassBalancedLoss(COUNTS * 25, "focal", 0.999, 0.5)
+    with_grad = module(z.clone().requires_grad_(True), labels)
+    with torch.no_grad():
+        assert torch.equal(module(z, labels), with_grad.detach())
+    assert torch.equal(module(z, labels), with_grad.detach())  # z does not require grad
+
+
+def test_focal_gradient_with_respect_to_the_weights():
+    logits, labels = batch(seed=36, dtype=torch.float64)
+    w = class_balanced_weights(COUNTS, 0.99).double().requires_grad_(True)
+    for targets in (labels, F.one_hot(labels, 4).double()):
+        fn = lambda weights, t=targets: class_balanced_loss_from_weights(
+            logits, t, weights, "focal", 0.5
+        )
+        assert torch.autograd.gradcheck(fn, (w,))
+
+
+@pytest.mark.parametrize("gamma", [0.3, 2.0])
+def test_integer_label_focal_gradgradcheck_in_float64(gamma):
+    logits, labels = batch(seed=37, size=5, dtype=torch.float64)
+    w = class_balanced_weights(COUNTS, 0.99).double()
+    fn = lambda z: class_balanced_loss_from_weights(z, labels, w, "focal", gamma)
+    assert torch.autograd.gradgradcheck(fn, (logits.requires_grad_(True),))

@@ -215,9 +215,7 @@ def test_ldam_margins_follow_n_to_the_minus_one_quarter():
 
 
 def test_ldam_shifts_only_the_target_column():
-    # The gradient of CE(s(z - Δ_y e_y)) is s·(softmax - onehot): moving the margin changes the
-    # softmax, and with margin → 0 it is plain CE of s·z. Non-target columns are not shifted:
-    # the loss equals CE on logits where only z_y was lowered by Δ_y.
+    # CE of s·z with z_y lowered by Δ_y (the other columns untouched), not s·(z - Δ).
     logits, labels = batch(seed=8)
     z = logits.tanh()
     delta = ldam_margins(COUNTS)
