@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from cbnotes._files import atomic_path
 from cbnotes.data import dataset_title
@@ -142,11 +144,13 @@ def results_table(df: pd.DataFrame, metric: str = "top1_error") -> pd.DataFrame:
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    """Save ``fig`` atomically; the format follows the file suffix (default PNG)."""
+    """Save ``fig`` atomically at the series' dpi (150); the format follows the file suffix."""
+    from cbnotes.plots import STYLE
+
     target = Path(path)
     fmt = target.suffix.lstrip(".").lower() or "png"
     with atomic_path(target) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+        fig.savefig(tmp, format=fmt, dpi=STYLE["savefig.dpi"], bbox_inches="tight")
     return target
 
 
@@ -173,7 +177,7 @@ def _figure_legend(fig: Figure, axes: Iterable[Axes], **kwargs: Any) -> None:
         legend.update(
             (label, handle)
             for handle, label in zip(handles, labels, strict=True)
-            if label not in legend
+            if label not in legend and not label.startswith("_")
         )
         if ax.get_legend() is not None:
             ax.get_legend().remove()
@@ -181,88 +185,156 @@ def _figure_legend(fig: Figure, axes: Iterable[Axes], **kwargs: Any) -> None:
     fig.legend(legend.values(), legend.keys(), **kwargs)
 
 
+def _label_order(df: pd.DataFrame) -> list[str]:
+    """Method labels in the registry's order, each plain loss followed by its class-balanced
+    versions (so that the two sit side by side), whatever the data set."""
+    from cbnotes.methods import METHODS
+
+    keys = pd.DataFrame(
+        {
+            "l": df["loss_type"].map({n: m.order for n, m in METHODS.items()}).fillna(99),
+            "g": df["gamma"].fillna(-1.0),
+            "cb": df["class_balanced"].astype(bool),
+            "s": df["scheme"].fillna(""),
+            "b": df["beta"].fillna(-1.0),
+        },
+        index=df.index,
+    )
+    index = keys.sort_values(list(keys.columns), kind="stable").index
+    return list(dict.fromkeys(df.loc[index, "label"]))
+
+
+def _method_styles(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Label -> line style (:func:`cbnotes.plots.method_style`): one hue per method, light and
+    dashed when plain, saturated when class-balanced, another marker per further CB setting."""
+    from cbnotes.plots import method_style
+
+    styles: dict[str, dict[str, Any]] = {}
+    seen: dict[tuple[str, bool], int] = {}
+    rows = df.drop_duplicates("label").set_index("label")
+    for label in _label_order(df):
+        loss, cb = rows.loc[label, "loss_type"], bool(rows.loc[label, "class_balanced"])
+        variant = seen.get((loss, cb), 0)
+        seen[(loss, cb)] = variant + 1
+        styles[label] = method_style(loss, cb, variant)
+    return styles
+
+
 def plot_results(df: pd.DataFrame, path: str | os.PathLike[str] | None = None) -> Figure:
-    """Top-1 error per method (bar = mean over seeds, dots = seeds), one panel per (dataset, IF)."""
-    import seaborn as sns
+    """Top-1 error per method as horizontal bars (mean over seeds) with one dot per seed, one
+    panel per (dataset, IF). Each method has its hue: light for the plain loss, saturated for
+    its class-balanced versions; the mean is written at the end of its bar."""
+    from cbnotes.plots import OKABE_ITO, lighten, style
 
     _check_rows(df, ("dataset", "imbalance_factor", "label", "top1_error", "class_balanced"))
-    facets = _facets(df)
-    fig = Figure(figsize=(4.2 * len(facets), 4.2), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(facets), squeeze=False)[0])
-    for ax, (dataset, imbalance) in zip(axes, facets, strict=True):
-        part = sort_methods(
-            df[(df["dataset"] == dataset) & (df["imbalance_factor"] == imbalance)].copy()
+    facets, order = _facets(df), _label_order(df)
+    styles = _method_styles(df)
+    with style():
+        fig = Figure(
+            figsize=(3.4 * len(facets) + 1.8, 0.42 * len(order) + 1.5), layout="constrained"
         )
-        part["kind"] = np.where(part["class_balanced"].astype(bool), "class-balanced", "plain")
-        order = list(dict.fromkeys(part["label"]))
-        palette = {"plain": "#9aa5b1", "class-balanced": "#d1495b"}
-        sns.barplot(
-            data=part,
-            x="label",
-            y="top1_error",
-            hue="kind",
-            order=order,
-            palette=palette,
-            errorbar=None,
-            dodge=False,
-            ax=ax,
-            alpha=0.8,
-        )
-        sns.swarmplot(  # deterministic dot positions (a strip plot's jitter is random)
-            data=part, x="label", y="top1_error", order=order, color="black", size=4, ax=ax
-        )
-        ax.set_title(f"{dataset_title(dataset)}, imbalance factor {imbalance:g}")
-        ax.set_xlabel("")
-        ax.set_ylabel("top-1 error (%, last epoch)")
-        ax.tick_params(axis="x", labelrotation=60)
-        for label in ax.get_xticklabels():
-            label.set_horizontalalignment("right")
-    # Above the panels, so that it never hides a seed's dot.
-    _figure_legend(fig, axes, loc="outside upper center")
+        axes = np.atleast_1d(fig.subplots(1, len(facets), squeeze=False, sharey=True)[0])
+        for ax, (dataset, imbalance) in zip(axes, facets, strict=True):
+            part = df[(df["dataset"] == dataset) & (df["imbalance_factor"] == imbalance)]
+            for y, label in enumerate(order):
+                errors = np.sort(part.loc[part["label"] == label, "top1_error"].to_numpy(float))
+                if len(errors) == 0:
+                    continue
+                color = styles[label]["color"]
+                ax.barh(y, errors.mean(), height=0.7, color=color, edgecolor="none")
+                offsets = np.linspace(-0.18, 0.18, len(errors)) if len(errors) > 1 else [0.0]
+                ax.scatter(errors, y + np.asarray(offsets), s=14, color="black", zorder=3)
+                ax.text(errors.max(), y, f"  {errors.mean():.2f}", va="center", fontsize=9)
+            ax.set_yticks(range(len(order)), order)
+            ax.set_title(f"{dataset_title(dataset)}, IF {imbalance:g}")
+            ax.set_xlabel("top-1 error (%, last epoch)")
+            ax.margins(x=0.18)
+            ax.grid(True, axis="x")
+        axes[0].invert_yaxis()
+        proxies = [
+            Patch(color=lighten(OKABE_ITO["blue"]), label="plain loss (light)"),
+            Patch(color=OKABE_ITO["blue"], label="class-balanced (saturated)"),
+            Line2D([], [], marker="o", color="black", linestyle="none", label="one seed"),
+        ]
+        fig.legend(handles=proxies, loc="outside lower center", ncols=3)
     if path is not None:
         save_figure(fig, path)
     return fig
 
 
-def _mean_per_class(values: pd.Series) -> np.ndarray:
-    """Mean per-class accuracy over runs (None = no test sample -> NaN)."""
+def _per_class_stats(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (ddof=1; 0 for one run) of per-class accuracy over runs (None -> NaN)."""
     stacked = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
-    return np.nanmean(stacked, axis=0) if len(stacked) else stacked
+    mean = np.nanmean(stacked, axis=0)
+    std = np.nanstd(stacked, axis=0, ddof=1) if len(stacked) > 1 else np.zeros_like(mean)
+    return mean, std
 
 
-def plot_per_class(df: pd.DataFrame, path: str | os.PathLike[str] | None = None) -> Figure:
-    """Per-class test accuracy vs class index (head → tail), train counts on a log twin axis."""
+def plot_per_class(
+    df: pd.DataFrame,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    by_loss: bool = False,
+) -> Figure:
+    """Per-class test accuracy from the most to the fewest training images (train counts as grey
+    bars on a log twin axis), one panel per (dataset, IF), or with ``by_loss`` one row per
+    (dataset, IF) and one panel per loss (its plain and class-balanced versions). Lines: mean over
+    seeds, band ±1 std; class names on the axis where the data set has them."""
+    from cbnotes.analysis import class_names
+    from cbnotes.plots import style
+
     _check_rows(df, ("dataset", "imbalance_factor", "label", "per_class_accuracy", "train_counts"))
-    facets = _facets(df)
-    fig = Figure(figsize=(5.5 * len(facets), 4.2), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(facets), squeeze=False)[0])
-    for ax, (dataset, imbalance) in zip(axes, facets, strict=True):
-        part = sort_methods(
-            df[(df["dataset"] == dataset) & (df["imbalance_factor"] == imbalance)].copy()
-        )
-        counts = np.asarray(part["train_counts"].iloc[0], dtype=float)
-        classes = np.arange(len(counts))
-        twin = ax.twinx()
-        twin.bar(classes, counts, color="#dddddd", width=0.8, zorder=0)
-        twin.set_yscale("log")
-        twin.set_ylabel("training images (log)")
-        ax.set_zorder(twin.get_zorder() + 1)
-        ax.patch.set_visible(False)
-        for label, runs in part.groupby("label", sort=False):
-            cb = bool(runs["class_balanced"].iloc[0])
-            ax.plot(
-                classes,
-                _mean_per_class(runs["per_class_accuracy"]),
-                marker="o",
-                linestyle="-" if cb else "--",
-                label=f"{label} (n={len(runs)})",
-            )
-        ax.set_title(f"{dataset_title(dataset)}, imbalance factor {imbalance:g}")
-        ax.set_xlabel("class index (most → fewest training images)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_ylim(0, 100)
-    # Below the panels, so that no curve or bar is hidden (n = seeds averaged per curve).
-    _figure_legend(fig, axes, loc="outside lower center", ncols=3, fontsize="small")
+    facets, styles = _facets(df), _method_styles(df)
+    losses = list(dict.fromkeys(sort_methods(df)["loss_type"])) if by_loss else [None]
+    panels = [(facet, loss) for facet in facets for loss in losses]
+    rows, cols = (len(facets), len(losses)) if by_loss else (1, len(facets))
+    with style():
+        fig = Figure(figsize=(3.6 * cols + 1.0, 3.3 * rows + 0.9), layout="constrained")
+        grid = fig.subplots(rows, cols, squeeze=False, sharey=True)
+        for i, ((dataset, imbalance), loss) in enumerate(panels):
+            ax = grid.flat[i]
+            part = df[(df["dataset"] == dataset) & (df["imbalance_factor"] == imbalance)]
+            counts = np.asarray(part["train_counts"].iloc[0], dtype=float)
+            runs_of = part if loss is None else part[part["loss_type"] == loss]
+            names = class_names(dataset, len(counts))
+            _per_class_panel(ax, sort_methods(runs_of), counts, names, styles)
+            suffix = "" if loss is None else f": {loss}"
+            ax.set_title(f"{dataset_title(dataset)}, IF {imbalance:g}{suffix}")
+        for ax in grid[:, 0]:
+            ax.set_ylabel("test accuracy (%)")
+        _figure_legend(fig, grid.flat, loc="outside lower center", ncols=min(3, len(styles)))
     if path is not None:
         save_figure(fig, path)
     return fig
+
+
+def _per_class_panel(
+    ax: Axes,
+    runs: pd.DataFrame,
+    counts: np.ndarray,
+    names: list[str],
+    styles: dict[str, dict[str, Any]],
+) -> None:
+    """One panel of :func:`plot_per_class`: grey bars of the training counts (log scale, the
+    counts in the tick labels), a line per method."""
+    classes = np.arange(len(counts))
+    twin = ax.twinx()
+    twin.bar(classes, counts, color="#e6e6e6", width=0.8, zorder=0, label="_counts")
+    twin.set_yscale("log")
+    twin.set_ylim(counts.min() / 3, counts.max() * 1.5)
+    twin.tick_params(axis="y", which="both", right=False, labelright=False)
+    ax.set_zorder(twin.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    for label, group in runs.groupby("label", sort=False):
+        mean, std = _per_class_stats(group["per_class_accuracy"])
+        line = styles[label]
+        ax.plot(classes, mean, markersize=4, label=f"{label} (n={len(group)})", **line)
+        ax.fill_between(classes, mean - std, mean + std, color=line["color"], alpha=0.15, lw=0)
+    ax.set_ylim(0, 102)
+    ax.grid(True, axis="y")
+    if len(classes) <= 12:
+        ticks = [f"{name} ({count:,.0f})" for name, count in zip(names, counts, strict=True)]
+        ax.set_xticks(classes, ticks, rotation=45, ha="right", rotation_mode="anchor")
+        ax.set_xlabel("class (training images; grey bars, log scale)")
+    else:
+        ax.set_xlabel("class index, most → fewest training images (grey bars, log scale)")

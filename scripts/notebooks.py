@@ -9,7 +9,8 @@ Usage (from the repository root; with no notebook given, every numbered notebook
                                                          # (offline: scripts/get_slide_assets.sh)
 
 The public repository URL lives in one place, ``[project.urls] Repository`` in pyproject.toml;
-``sync`` rewrites every notebook's Colab badge and Colab install cell from it. Run without
+``sync`` rewrites every notebook's Colab badge and Colab install cell (which clones the
+repository on Colab) from it. Run without
 notebooks, ``sync`` also rewrites the README's links and its results block (from the committed
 study in results/, via ``cbnotes.analysis.summary_markdown``), and ``check`` fails if either
 is stale.
@@ -33,7 +34,25 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 BADGE_RE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
-INSTALL_RE = re.compile(r'"cbnotes @ git\+[^"]*"')
+# The Colab install cell of every notebook (tag `colab-install`), written by `sync`: on Colab it
+# clones the repository (the package and the committed results that notebooks 00, 04 and 05
+# read) and installs it editable, so `cbnotes.notebook.results_dir` finds the results in the
+# package's source checkout; elsewhere it does nothing.
+INSTALL_CELL = """\
+# Setup. On Colab: clone the repository (the package and the committed results that notebooks
+# 00, 04 and 05 read) and install it editable. Elsewhere nothing happens: install the package
+# once with `pip install -e .` in the repository root (scripts/test.sh does).
+import subprocess
+import sys
+from pathlib import Path
+
+{spec}
+if "google.colab" in sys.modules:
+    checkout = Path("/content/cbnotes")
+    if not checkout.exists():
+        subprocess.run(["git", "clone", "--depth", "1", REPOSITORY, str(checkout)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", str(checkout)], check=True)
+    sys.path.insert(0, str(checkout))  # import it in this session without a restart"""
 KEEP_NOTEBOOK_METADATA = ("kernelspec", "language_info")
 KEEP_CELL_METADATA = ("tags",)
 
@@ -63,8 +82,13 @@ def badge(notebook: Path) -> str:
 
 
 def install_spec() -> str:
-    """The pip requirement used by the Colab install cell."""
-    return f'"cbnotes @ git+{repository_url()}"'
+    """The line of the Colab install cell that names the repository it clones."""
+    return f'REPOSITORY = "{repository_url()}"'
+
+
+def install_cell() -> str:
+    """The source of every notebook's Colab install cell."""
+    return INSTALL_CELL.format(spec=install_spec())
 
 
 def sync(nb: nbformat.NotebookNode, path: Path) -> nbformat.NotebookNode:
@@ -73,7 +97,7 @@ def sync(nb: nbformat.NotebookNode, path: Path) -> nbformat.NotebookNode:
         if cell.cell_type == "markdown":
             cell.source = BADGE_RE.sub(lambda _: badge(path), cell.source)
         elif "colab-install" in cell.metadata.get("tags", []):
-            cell.source = INSTALL_RE.sub(lambda _: install_spec(), cell.source)
+            cell.source = install_cell()
     return nb
 
 
