@@ -14,11 +14,18 @@ Defaults: on CPU the CPU study's model (ResNet-8, width 8, subsample shortcut, 2
 batch 128); on CUDA ResNet-32 (average-pool shortcut) on 32×32×3.
 ``--vmap`` also times a raw training step of the ``torch.func`` alternative (stacked
 parameters, ``functional_call`` under ``vmap``, BatchNorm without running statistics) against
-the fused modules. Examples:
+the fused modules.
+
+``--runner PRESET`` times the whole runner path instead (data loading, training, evaluation,
+checkpoints and result files): ``run_sweep`` of the preset's runs one by one against
+``run_sweep(..., fused=True)`` with all of them in one pack (``--pack-size``), in fresh
+folders, alternating, ``--repeats`` times; the fastest sweep of each counts. Examples:
 
     python benchmarks/bench_fused.py --device cpu --sizes 1,2,4 --vmap
     python benchmarks/bench_fused.py --device cuda --json results/bench_fused.json
     python benchmarks/bench_fused.py --tiny        # seconds, for CI
+    python benchmarks/bench_fused.py --device cpu --runner smoke
+    python benchmarks/bench_fused.py --device cpu --runner cpu-quick --runner-epochs 1 --repeats 1
 """
 
 from __future__ import annotations
@@ -229,6 +236,38 @@ def raw_steps(args: argparse.Namespace, n: int, device: torch.device) -> dict[st
     return out
 
 
+def runner_sweeps(args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds of the preset's sweep one run after another and as fused packs (the fastest of
+    ``args.repeats`` alternating sweeps each, by ``args.clock``), and their ratio."""
+    from cbnotes.presets import get_preset, with_overrides
+    from cbnotes.runner import run_sweep
+
+    configs = with_overrides(get_preset(args.runner), epochs=args.runner_epochs)
+    size = args.pack_size or len(configs)
+    timer = time.process_time if args.clock == "cpu" else time.perf_counter
+    ways = {"unfused": {}, "fused": {"fused": True, "pack_size": size}}
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(args.repeats):
+        for name, options in ways.items():
+            with tempfile.TemporaryDirectory() as folder:
+                start = timer()
+                run_sweep(configs, folder, device=str(args.device), progress=False, **options)
+                times[name].append(timer() - start)
+    best = {name: min(t) for name, t in times.items()}
+    return {
+        "preset": args.runner,
+        "runs": len(configs),
+        "epochs": configs[0].epochs,
+        "pack_size": size,
+        "clock": args.clock,
+        "threads": torch.get_num_threads(),
+        "seconds": times,
+        "unfused_s": best["unfused"],
+        "fused_s": best["fused"],
+        "speedup": best["unfused"] / best["fused"],
+    }
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags; model defaults depend on the device (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -255,6 +294,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="a few seconds on CPU (CI smoke run)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument(
+        "--runner",
+        default=None,
+        metavar="PRESET",
+        help="time the runner path of this preset, fused vs one by one (see above)",
+    )
+    p.add_argument(
+        "--runner-epochs", type=int, default=None, help="with --runner: override the epochs"
+    )
+    p.add_argument(
+        "--pack-size", type=int, default=None, help="with --runner: runs per pack (default: all)"
+    )
     args = p.parse_args(argv)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     args.device = torch.device(auto if args.device == "auto" else args.device)
@@ -293,6 +344,17 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.runner is not None:
+        result = runner_sweeps(args)
+        print(
+            f"preset {result['preset']}: {result['runs']} runs x {result['epochs']} epochs on "
+            f"{args.device} ({result['threads']} threads), {result['clock']} time: one by one "
+            f"{result['unfused_s']:.1f} s, fused (packs of {result['pack_size']}) "
+            f"{result['fused_s']:.1f} s: {result['speedup']:.2f}x"
+        )
+        if args.json is not None:
+            write_json(args.json, result)
+        return result
     device = args.device
     data = synthetic_set(args.steps * args.batch_size, args.channels, args.size)
     test = synthetic_set(100, args.channels, args.size)

@@ -18,10 +18,15 @@ What can go wrong, and what happens:
   file, which is never overwritten; or a ``FloatingPointError``, the loss became nan):
   :func:`run_sweep` goes on with the other runs and raises :class:`SweepError` at the end,
   listing the failed runs and why. Ctrl-C stops the sweep at once; run it again to resume.
+
+``run_sweep(..., fused=True)`` trains pending runs that share a dataset and model shape in
+packs (:mod:`cbnotes.packs`), with the same promises and result files.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import io
 import os
 import sys
@@ -85,6 +90,11 @@ class SweepError(RuntimeError):
         super().__init__(f"{len(self.failures)} of {total} run(s) failed:{lines}")
 
 
+class PackFallback(Exception):
+    """A pack that cannot be trained fused (see :mod:`cbnotes.packs`): the sweep trains its
+    runs one by one instead. The message says why."""
+
+
 def _rng_state() -> dict[str, Any]:
     """Global torch RNG states (CPU and CUDA) for exact resumption."""
     import torch
@@ -112,14 +122,21 @@ def _why(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _checkpoint_problem(state: Any) -> str | None:
-    """What a loaded checkpoint lacks of what the runner writes, in a few words; None if nothing."""
+def missing_keys(state: Any, keys: tuple[str, ...]) -> str | None:
+    """Whether a loaded checkpoint is a dict with ``keys``, in a few words; None if it is."""
     if not isinstance(state, dict):
         return f"it holds a {type(state).__name__}, not a dict"
-    missing = [k for k in _CHECKPOINT_KEYS if k not in state]
-    if missing:
-        return f"it lacks {', '.join(missing)}"
-    progress = state["progress"]
+    missing = [k for k in keys if k not in state]
+    return f"it lacks {', '.join(missing)}" if missing else None
+
+
+def _checkpoint_problem(state: Any) -> str | None:
+    """What a loaded checkpoint lacks of what the runner writes, in a few words; None if nothing."""
+    return missing_keys(state, _CHECKPOINT_KEYS) or progress_problem(state["progress"])
+
+
+def progress_problem(progress: Any) -> str | None:
+    """What a checkpoint's progress record (see :func:`new_progress`) lacks; None if nothing."""
     if not isinstance(progress, dict) or any(k not in progress for k in _PROGRESS_KEYS):
         return "its progress record is incomplete"
     counts = [progress[k] for k in _PROGRESS_KEYS if k != "started"]
@@ -128,11 +145,14 @@ def _checkpoint_problem(state: Any) -> str | None:
     return None
 
 
-def _load_checkpoint(path: Path, config: RunConfig) -> dict[str, Any]:
-    """Load a checkpoint (``weights_only=True``) and check that it belongs to ``config``.
+def read_checkpoint(
+    path: Path, problem: Callable[[Any], str | None] = _checkpoint_problem
+) -> dict[str, Any]:
+    """Load a checkpoint (``weights_only=True``) and check it with ``problem`` (what it lacks
+    of what the runner writes, or None; a pack checkpoint has its own, see :mod:`cbnotes.packs`).
 
-    Raises :class:`DamagedCheckpointError` when the file cannot be read or lacks what the
-    runner writes, and :class:`RunError` when it was written for another config.
+    Raises :class:`DamagedCheckpointError` naming ``path`` when the file is empty, cannot be
+    read or lacks what the runner writes.
     """
     import torch
 
@@ -146,11 +166,21 @@ def _load_checkpoint(path: Path, config: RunConfig) -> dict[str, Any]:
         raise DamagedCheckpointError(
             f"checkpoint {path} is damaged: torch.load fails with {_why(err)}"
         ) from err
-    problem = _checkpoint_problem(state)
-    if problem is not None:
+    lacks = problem(state)
+    if lacks is not None:
         raise DamagedCheckpointError(
-            f"checkpoint {path} is damaged: it is not a cbnotes checkpoint ({problem})"
+            f"checkpoint {path} is damaged: it is not a cbnotes checkpoint ({lacks})"
         )
+    return state
+
+
+def _load_checkpoint(path: Path, config: RunConfig) -> dict[str, Any]:
+    """Load a checkpoint (``weights_only=True``) and check that it belongs to ``config``.
+
+    Raises :class:`DamagedCheckpointError` when the file cannot be read or lacks what the
+    runner writes, and :class:`RunError` when it was written for another config.
+    """
+    state = read_checkpoint(path)
     stored = state.get("config")
     try:
         same = RunConfig.from_dict(stored) == config
@@ -195,11 +225,11 @@ def _set_aside(path: Path, problem: str) -> Path:
     return target
 
 
-def _restart_note(config: RunConfig, problem: str, moved: Path) -> None:
-    """Tell the user (stderr) that a damaged checkpoint was set aside and the run restarts."""
+def _restart_note(what: str, problem: str, moved: Path) -> None:
+    """Tell the user (stderr) that a damaged checkpoint was set aside and ``what`` (a run id,
+    or a pack of runs) is trained again."""
     print(
-        f"warning: {problem}; set it aside as {moved} and training {config.run_id} again "
-        f"from epoch 0",
+        f"warning: {problem}; set it aside as {moved} and training {what} again from epoch 0",
         file=sys.stderr,
     )
 
@@ -211,35 +241,33 @@ def _check_out_dirs(out_dir: str | os.PathLike[str]) -> None:
         check_out_dir(Path(out_dir) / sub, write=True, what=f"{sub} folder")
 
 
-def build_trainer(
-    config: RunConfig,
-    device: Any,
-    *,
-    progress: bool = True,
-    data_root: str | os.PathLike[str] | None = None,
-    download: bool = False,
-) -> Any:
-    """Data, model, criterion, loaders and :class:`~cbnotes.training.Trainer` for ``config``.
+@dataclasses.dataclass
+class RunParts:
+    """What one run trains, built as :func:`build_trainer` builds it: the seeded model with its
+    head initialization, criterion, training loader, training counts and post-hoc τ."""
+
+    model: Any
+    criterion: Any
+    train_loader: Any
+    counts: list[int]
+    posthoc_tau: float | None
+
+
+def build_parts(config: RunConfig, train_set: Any, device: Any) -> RunParts:
+    """The model, criterion and training loader of ``config`` on its training set.
 
     Everything method-specific comes from the registry (:mod:`cbnotes.methods`): the head and
-    its initialization, the criterion, the re-sampling weights and the weight-decay groups.
+    its initialization, the criterion and the re-sampling weights. The global random
+    generators are seeded with ``config.seed`` first, so the model's initialization does not
+    depend on what was built before.
     """
-    from cbnotes.data import load_dataset
     from cbnotes.methods import build_criterion, sampling_weights
     from cbnotes.models import init_head_for_loss, resnet_cifar
     from cbnotes.pipeline import DeviceLoader
-    from cbnotes.training import Trainer, seed_everything
+    from cbnotes.training import seed_everything
 
-    train_set, test_set = load_dataset(
-        config.dataset,
-        imbalance_factor=config.imbalance_factor,
-        root=data_root,
-        seed=config.data_seed,
-        download=download,
-    )
     counts = [int(c) for c in train_set.counts()]
     method = config.method
-    recipe = config.recipe()
     seed_everything(config.seed)
     model = resnet_cifar(
         depth=config.depth,
@@ -251,7 +279,7 @@ def build_trainer(
         head=method.head,
     )
     init_head_for_loss(model, config.loss_type)
-    criterion = build_criterion(config.loss_type, counts, config.params, recipe)
+    criterion = build_criterion(config.loss_type, counts, config.params, config.recipe())
     train_loader = DeviceLoader(
         train_set,
         config.batch_size,
@@ -261,21 +289,46 @@ def build_trainer(
         pad=config.pad,
         class_weights=sampling_weights(config.loss_type, counts, config.params),
     )
-    test_loader = DeviceLoader(test_set, EVAL_BATCH_SIZE, train=False, device=device)
     posthoc = method.posthoc and not config.class_balanced
+    return RunParts(model, criterion, train_loader, counts, POSTHOC_TAU if posthoc else None)
+
+
+def build_trainer(
+    config: RunConfig,
+    device: Any,
+    *,
+    progress: bool = True,
+    data_root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+) -> Any:
+    """Data, model, criterion, loaders and :class:`~cbnotes.training.Trainer` for ``config``
+    (the run's parts from :func:`build_parts`, weight-decay groups from the registry)."""
+    from cbnotes.data import load_dataset
+    from cbnotes.pipeline import DeviceLoader
+    from cbnotes.training import Trainer
+
+    train_set, test_set = load_dataset(
+        config.dataset,
+        imbalance_factor=config.imbalance_factor,
+        root=data_root,
+        seed=config.data_seed,
+        download=download,
+    )
+    parts = build_parts(config, train_set, device)
+    test_loader = DeviceLoader(test_set, EVAL_BATCH_SIZE, train=False, device=device)
     return Trainer(
-        model,
-        criterion,
-        train_loader,
+        parts.model,
+        parts.criterion,
+        parts.train_loader,
         test_loader,
-        recipe,
+        config.recipe(),
         loss_type=config.loss_type,
         device=device,
         num_classes=train_set.num_classes,
-        train_counts=counts,
+        train_counts=parts.counts,
         amp=config.amp,
         progress=progress,
-        posthoc_tau=POSTHOC_TAU if posthoc else None,
+        posthoc_tau=parts.posthoc_tau,
     )
 
 
@@ -319,23 +372,16 @@ def run_experiment(
         try:
             saved = _load_checkpoint(ckpt, config)
         except DamagedCheckpointError as err:
-            _restart_note(config, str(err), _set_aside(ckpt, str(err)))
+            _restart_note(config.run_id, str(err), _set_aside(ckpt, str(err)))
     trainer = build_trainer(config, dev, progress=progress, data_root=data_root, download=download)
-    state: dict[str, Any] = {
-        "train_seconds": 0.0,
-        "wall_seconds": 0.0,
-        "images": 0,
-        "started": now(),
-        "sessions": 0,
-        "session_environments": [],
-    }
+    state = new_progress()
     if saved is not None:
         try:
             trainer.load_state_dict(saved["trainer"])
             _set_rng_state(saved["rng"])
         except Exception as err:  # any failure here means a damaged checkpoint
             problem = f"checkpoint {ckpt} is damaged: resuming from it fails with {_why(err)}"
-            _restart_note(config, problem, _set_aside(ckpt, problem))
+            _restart_note(config.run_id, problem, _set_aside(ckpt, problem))
             trainer = build_trainer(
                 config, dev, progress=progress, data_root=data_root, download=download
             )
@@ -345,21 +391,41 @@ def run_experiment(
     final = _train(config, trainer, ckpt, state, after_checkpoint)
     record = _result_record(config, trainer, final, state, dev)
     write_json_atomic(done, record)
+    _delete_checkpoint(ckpt)
+    return record
+
+
+def _delete_checkpoint(ckpt: Path) -> None:
+    """Delete a checkpoint that is no longer needed; a warning (not an error) if it cannot be."""
     try:
         ckpt.unlink(missing_ok=True)
     except OSError as err:
         why, _ = describe_os_error(err)
         print(f"warning: could not delete the checkpoint {ckpt} ({why})", file=sys.stderr)
-    return record
 
 
-def _start_session(state: dict[str, Any], device: Any, config: RunConfig) -> None:
+def new_progress() -> dict[str, Any]:
+    """The progress record of a run that has not trained yet (kept in its checkpoints)."""
+    return {
+        "train_seconds": 0.0,
+        "wall_seconds": 0.0,
+        "images": 0,
+        "started": now(),
+        "sessions": 0,
+        "session_environments": [],
+    }
+
+
+def _start_session(
+    state: dict[str, Any], device: Any, config: RunConfig, env: dict[str, Any] | None = None
+) -> None:
     """Count a new session and record its environment; warn if the thread count changed.
 
     CPU kernels split work by thread, so a resume with another torch thread count gives a
-    result that is correct but not bit-identical to an uninterrupted run.
+    result that is correct but not bit-identical to an uninterrupted run. ``env`` is
+    :func:`~cbnotes.provenance.environment` of ``device`` when the caller has it already.
     """
-    env = environment(device)
+    env = environment(device) if env is None else env
     sessions = state.setdefault("session_environments", [])
     if sessions and sessions[-1].get("torch_threads") != env["torch_threads"]:
         print(
@@ -412,7 +478,6 @@ def _save_checkpoint(path: Path, config: RunConfig, trainer: Any, state: dict[st
     The checkpoint is serialized in memory and written like every other file, so that a full
     disk is an OSError (a PlaceError naming the file), not a RuntimeError from torch.save.
     """
-    import torch
 
     payload = {
         "config": config.to_dict(),
@@ -421,6 +486,13 @@ def _save_checkpoint(path: Path, config: RunConfig, trainer: Any, state: dict[st
         "rng": _rng_state(),
         "progress": state,
     }
+    save_atomic(path, payload)
+
+
+def save_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """``torch.save(payload)`` into memory, then written atomically like every other file."""
+    import torch
+
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     write_bytes_atomic(path, buffer.getvalue())
@@ -441,8 +513,13 @@ def _result_record(
     final: dict[str, Any],
     state: dict[str, Any],
     device: Any,
+    env: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON result of one finished run (epoch indices count from 0, as in the history)."""
+    """The JSON result of one finished run (epoch indices count from 0, as in the history).
+
+    ``trainer`` is a :class:`~cbnotes.training.Trainer` or a
+    :class:`~cbnotes.fused.PackMember` (both have ``history``, ``model``, ``train_counts``).
+    """
     from cbnotes.models import classifier_stats
 
     best_error, best_epoch = _best(trainer.history)
@@ -461,7 +538,7 @@ def _result_record(
         "classifier": classifier_stats(trainer.model),
         "train_counts": trainer.train_counts,
         "history": list(trainer.history),
-        "environment": environment(device),
+        "environment": environment(device) if env is None else env,
         "session_environments": state["session_environments"],
         "started": state["started"],
         "finished": now(),
@@ -473,7 +550,12 @@ def _result_record(
 
 
 def run_sweep(
-    configs: Iterable[RunConfig], out_dir: str | os.PathLike[str], **kwargs: Any
+    configs: Iterable[RunConfig],
+    out_dir: str | os.PathLike[str],
+    *,
+    fused: bool = False,
+    pack_size: int | None = None,
+    **kwargs: Any,
 ) -> pd.DataFrame:
     """Run every config (finished ones are skipped), write ``summary.csv``; return their rows.
 
@@ -483,9 +565,12 @@ def run_sweep(
     (:class:`RunError`, ``FloatingPointError``) is reported on stderr and the sweep goes on;
     at the end a :class:`SweepError` lists the failed runs. Anything else (a results folder
     that cannot be written, missing data, Ctrl-C) stops the sweep at once.
-    """
-    from tqdm.auto import tqdm
 
+    With ``fused``, pending runs that can share a model shape and dataset are trained
+    together in packs of up to ``pack_size`` (default: what the device holds, see
+    :func:`cbnotes.packs.plan_sweep`); each still writes its own result file, and every other
+    run is trained one by one as without ``fused``.
+    """
     from cbnotes.results import frame
 
     configs = list(configs)
@@ -494,27 +579,70 @@ def run_sweep(
     bad = [c for c in configs if not isinstance(c, RunConfig)]
     if bad:
         raise ValueError(f"configs must all be RunConfig; got {type(bad[0]).__name__}")
-    show = kwargs.get("progress", True)
-    rows = []
-    failures: dict[str, str] = {}
-    bar = tqdm(configs, desc="runs", unit="run", disable=not show)
-    for index, config in enumerate(bar):
-        bar.set_postfix_str(config.run_id)
-        try:
-            rows.append(summary_row(run_experiment(config, out_dir, **kwargs)))
-        except (RunError, FloatingPointError) as err:
-            failures[config.run_id] = str(err)
-            left = len(configs) - index - 1
-            if left:
-                print(
-                    f"error: run {config.run_id} failed: {err}; going on with the other "
-                    f"{left} run(s)",
-                    file=sys.stderr,
-                )
-    bar.close()
+    units: list[list[RunConfig]] = [[c] for c in configs]
+    if fused:
+        from cbnotes.packs import plan_sweep
+
+        units = plan_sweep(configs, out_dir, pack_size=pack_size, device=kwargs.get("device"))
+    records, failures = _run_units(units, out_dir, kwargs)
     if Path(out_dir).is_dir():
         write_summary(out_dir)
-    results = frame(rows)
+    results = frame([summary_row(records[c.run_id]) for c in configs if c.run_id in records])
     if failures:
         raise SweepError(failures, results, len(configs))
     return results
+
+
+def _unit_name(unit: list[RunConfig]) -> str:
+    """'run <id>', or 'pack of N runs (<ids>)'."""
+    if len(unit) == 1:
+        return f"run {unit[0].run_id}"
+    return f"pack of {len(unit)} runs ({', '.join(c.run_id for c in unit)})"
+
+
+def _run_units(
+    units: list[list[RunConfig]], out_dir: str | os.PathLike[str], kwargs: dict[str, Any]
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Train each unit (one run, or a pack of runs); return the records and failures by run id.
+
+    A pack that falls back (:class:`PackFallback`) is replaced by its runs, one by one.
+    """
+    from tqdm.auto import tqdm
+
+    queue = collections.deque(units)
+    records: dict[str, dict[str, Any]] = {}
+    failures: dict[str, str] = {}
+    cache = None
+    bar = tqdm(
+        total=sum(len(u) for u in units),
+        desc="runs",
+        unit="run",
+        disable=not kwargs.get("progress", True),
+    )
+    while queue:
+        unit = queue.popleft()
+        bar.set_postfix_str(unit[0].run_id if len(unit) == 1 else f"pack of {len(unit)}")
+        try:
+            if len(unit) == 1:
+                records[unit[0].run_id] = run_experiment(unit[0], out_dir, **kwargs)
+            else:
+                from cbnotes.packs import DataCache, run_pack
+
+                cache = cache or DataCache()
+                records.update(run_pack(unit, out_dir, data=cache, **kwargs))
+        except PackFallback as err:
+            print(f"note: {err}; training its runs one by one", file=sys.stderr)
+            queue.extendleft([c] for c in reversed(unit))
+            continue
+        except (RunError, FloatingPointError) as err:
+            failures.update((c.run_id, str(err)) for c in unit)
+            left = sum(len(u) for u in queue)
+            if left:
+                print(
+                    f"error: {_unit_name(unit)} failed: {err}; going on with the other "
+                    f"{left} run(s)",
+                    file=sys.stderr,
+                )
+        bar.update(len(unit))
+    bar.close()
+    return records, failures
