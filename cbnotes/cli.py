@@ -62,6 +62,7 @@ examples:
   cbnotes run --preset paper --dataset cifar10 --if 50 --device cuda --download
   cbnotes run --preset paper --backend ray --download     every GPU of this machine, 4 runs per GPU
   cbnotes run --preset paper --backend ray --address auto --out /shared/runs   a Ray cluster
+  cbnotes run --preset paper --fused --device cuda   runs of one shape trained as fused packs
 """
 
 _RUN_ONE_EPILOG = """\
@@ -204,6 +205,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="runs sharing one GPU, each asking for 1/N of it (default: 4)",
     )
+    packs = run.add_argument_group(
+        "fused packs",
+        "Pending runs of one dataset and model shape are trained together as one fused model "
+        "(grouped convolutions, HFTA); each still writes its own result file. Meant for GPUs: "
+        "on a CPU a pack is a little slower than its runs one by one.",
+    )
+    packs.add_argument(
+        "--fused",
+        action="store_true",
+        help="train pending runs in packs (local backend only)",
+    )
+    packs.add_argument(
+        "--pack-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at most N runs per pack (default: 1 on a CPU; on a GPU as many as half its free "
+        "memory holds, at most 16)",
+    )
 
     one = sub.add_parser(
         "run-one",
@@ -323,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="class-balanced vs plain, with the seed noise",
         description="For each class-balanced setting of a preset: its plain loss beside it "
         "(mean ± std over seeds), the difference with its standard error, in how many seeds CB "
-        "won, and whether the difference exceeds the seed noise; then where the runs came from.",
+        "won, and whether the difference exceeds the seed noise; then where the runs came from. "
+        "For a methods preset (cpu-methods, beyond, smoke-methods): every method beside plain "
+        "softmax and CB softmax, overall and many/medium/few-shot.",
     )
     summ.add_argument(
         "--out", default=DEFAULT_OUT, metavar="DIR", help=f"results folder (default: {DEFAULT_OUT})"
@@ -422,6 +444,8 @@ def _sweep(configs: list[RunConfig], args: argparse.Namespace) -> int:
         "data_root": args.data_root,
         "download": args.download,
     }
+    if getattr(args, "fused", False):
+        options.update(fused=True, pack_size=args.pack_size)
     try:
         if getattr(args, "backend", "local") == "ray":
             from cbnotes.distributed import run_sweep_ray
@@ -467,7 +491,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.preset == "auto":
         args.preset = resolve_preset_name("auto")
         print(f"--preset auto: running {args.preset!r} on this machine", flush=True)
+    _check_fused(args)
     configs = _selected(args)
+    if args.fused and args.pack_size is None:
+        args.pack_size = _default_pack_size(args, configs)
     if args.dry_run:
         if Path(args.out).exists():
             check_out_dir(args.out, write=False)
@@ -477,8 +504,52 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"{len(configs)} run(s) in preset {args.preset!r} after filters; "
             f"results folder {args.out}"
         )
+        if args.fused:
+            _print_packs(configs, args)
         return 0
     return _sweep(configs, args)
+
+
+def _check_fused(args: argparse.Namespace) -> None:
+    """UserError for --fused / --pack-size values that cannot work together."""
+    if args.pack_size is not None and not args.fused:
+        raise UserError("--pack-size sets the size of fused packs: add --fused")
+    if args.fused and args.backend != "local":
+        raise UserError(
+            "--fused trains packs in this process: use it without --backend ray (Ray runs "
+            "--runs-per-gpu unfused runs per GPU instead)"
+        )
+    if args.pack_size is not None and args.pack_size < 1:
+        raise UserError(f"--pack-size must be >= 1; got {args.pack_size}")
+
+
+def _default_pack_size(args: argparse.Namespace, configs: list[RunConfig]) -> int:
+    """The device's pack size (cbnotes.packs.default_pack_size), with a note on a CPU."""
+    from cbnotes.packs import default_pack_size
+
+    size = default_pack_size(args.device, configs)
+    if size == 1:
+        print(
+            "note: --fused on a CPU trains one run at a time (a pack is a little slower than "
+            "its runs one by one there, see benchmarks/bench_fused.py); add --pack-size N to "
+            "pack anyway",
+            file=sys.stderr,
+        )
+    return size
+
+
+def _print_packs(configs: list[RunConfig], args: argparse.Namespace) -> None:
+    """How a fused sweep would train the selected runs (for --dry-run)."""
+    from cbnotes.packs import pack_checkpoint_path, plan_sweep
+
+    units = plan_sweep(configs, args.out, pack_size=args.pack_size, device=args.device)
+    packs = [unit for unit in units if len(unit) > 1]
+    for pack in packs:
+        ckpt = pack_checkpoint_path(args.out, pack)
+        resume = f", resumes from {ckpt}" if ckpt.exists() else ""
+        print(f"pack of {len(pack)}{resume}: {' '.join(c.run_id for c in pack)}")
+    alone = len(units) - len(packs)
+    print(f"--fused: {len(packs)} pack(s) of up to {args.pack_size} runs, {alone} run(s) alone")
 
 
 def _cmd_run_one(args: argparse.Namespace) -> int:
@@ -519,7 +590,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
         _print_table(df[columns])
     checkpoints = Path(args.out) / "checkpoints"
     for path in sorted(checkpoints.glob("*.pt")):
-        print(f"interrupted (resumable): {path.stem}")
+        if path.name.startswith("pack-"):
+            print(f"interrupted pack (resumable with run --fused): {path.stem}")
+        else:
+            print(f"interrupted (resumable): {path.stem}")
     for path in sorted(checkpoints.glob("*.pt.damaged-*")):
         print(f"damaged checkpoint set aside (delete it when you no longer need it): {path}")
     return 0
@@ -575,10 +649,14 @@ def _cmd_figures(args: argparse.Namespace) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    """Class-balanced vs plain for one preset's runs."""
+    """Class-balanced vs plain for one preset's runs (every method vs the baselines for a
+    methods preset)."""
     from cbnotes.analysis import cb_vs_plain, provenance_text, results_for, summary_markdown
-    from cbnotes.presets import get_preset
+    from cbnotes.presets import PRESETS, get_preset, resolve_preset_name
 
+    name = resolve_preset_name(args.preset)
+    if name in PRESETS and PRESETS[name].methods:
+        return _summary_methods(args, name)
     if args.markdown:
         print(summary_markdown(args.out, args.preset))
         return 0
@@ -591,11 +669,41 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     )
     print(f"\n{provenance_text(df)}")
     sentences = _in_short(table, args) + _against_committed(df, args.out)
+    _print_in_short(sentences)
+    return 0
+
+
+def _summary_methods(args: argparse.Namespace, preset: str) -> int:
+    """Every method of a methods preset beside plain softmax and CB softmax."""
+    from cbnotes.analysis import provenance_text, results_for
+    from cbnotes.comparison import (
+        compare_methods,
+        compare_methods_markdown,
+        describe_methods,
+        methods_markdown,
+        methods_note,
+    )
+    from cbnotes.presets import get_preset
+
+    if args.markdown:
+        print(methods_markdown(args.out, preset))
+        return 0
+    df = results_for(get_preset(preset), args.out)
+    if df.empty:
+        raise UserError(f"no finished runs of preset {preset!r} in {args.out}")
+    table = compare_methods(df)
+    print(compare_methods_markdown(table))
+    print(f"\n{methods_note(df)}\n\n{provenance_text(df)}")
+    _print_in_short(describe_methods(table))
+    return 0
+
+
+def _print_in_short(sentences: list[str]) -> None:
+    """The closing plain-words list of ``summary``."""
     if sentences:
         print("\nIn short:")
         for sentence in sentences:
             print(f"- {sentence}")
-    return 0
 
 
 def _in_short(table: pd.DataFrame, args: argparse.Namespace) -> list[str]:

@@ -11,31 +11,30 @@ and for the many/medium/few-shot classes. Post-hoc logit adjustment of the plain
 from __future__ import annotations
 
 import math
+import os
 
 import pandas as pd
 
-from cbnotes.analysis import NOISE_SE, difference, verdict
+from cbnotes.analysis import (
+    NOISE_SE,
+    difference,
+    mean_std_text,
+    provenance_text,
+    results_for,
+    verdict,
+)
 from cbnotes.data import dataset_title
-from cbnotes.methods import METHODS
+from cbnotes.methods import METHODS, PARAMS
+from cbnotes.results import GROUP_KEYS
 
 #: The two baselines, by display name.
 PLAIN = "softmax"
 CB_SOFTMAX = "CB softmax (β=0.9999)"
 #: Display name of post-hoc logit adjustment applied to the plain softmax runs.
 POSTHOC = "softmax + post-hoc logit adjustment (τ=1.0)"
-#: What stays fixed within one comparison (everything but the method and its parameters).
-SETTING_KEYS: tuple[str, ...] = (
-    "dataset",
-    "imbalance_factor",
-    "depth",
-    "base_width",
-    "epochs",
-    "batch_size",
-    "pad",
-    "data_seed",
-    "amp",
-    "shortcut",
-    "init",
+#: What stays fixed within one comparison: every grouping key but the method and its parameters.
+SETTING_KEYS: tuple[str, ...] = tuple(
+    k for k in GROUP_KEYS if k not in ("label", "class_balanced", "loss_type", *PARAMS)
 )
 _SHOTS = ("many", "medium", "few")
 
@@ -106,10 +105,6 @@ def compare_methods(df: pd.DataFrame, metric: str = "top1_error") -> pd.DataFram
     )
 
 
-def _pm(mean: float, std: float) -> str:
-    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
-
-
 def _delta(diff: float, se: float, verdict_text: str) -> str:
     if math.isnan(diff):
         return "–"
@@ -117,25 +112,40 @@ def _delta(diff: float, se: float, verdict_text: str) -> str:
     return f"{text} ({verdict_text})" if verdict_text else text
 
 
-def compare_methods_markdown(table: pd.DataFrame) -> str:
-    """The rows of :func:`compare_methods` as a GitHub Markdown table."""
+def compare_methods_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of :func:`compare_methods` as display strings, one column per table column of
+    :func:`compare_methods_markdown` (notebooks show it as a styled table)."""
     if table.empty:
         raise ValueError("table has no rows: no finished runs of the methods study")
-    lines = [
-        "| data | IF | method | n | top-1 error | vs softmax ± SE | vs CB softmax ± SE "
-        "| many | medium | few |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    rows = []
     for row in table.itertuples(index=False):
-        shots = " | ".join(
-            "–" if math.isnan(v) else f"{v:.1f}" for v in (row.many, row.medium, row.few)
+        rows.append(
+            {
+                "data": dataset_title(row.dataset),
+                "IF": f"{row.imbalance_factor:g}",
+                "method": row.method,
+                "n": str(row.n),
+                "top-1 error": mean_std_text(row.mean, row.std),
+                "vs softmax ± SE": _delta(row.vs_plain, row.vs_plain_se, row.vs_plain_verdict),
+                "vs CB softmax ± SE": _delta(row.vs_cb, row.vs_cb_se, row.vs_cb_verdict),
+                **{
+                    shot: "–" if math.isnan(value) else f"{value:.1f}"
+                    for shot, value in zip(_SHOTS, (row.many, row.medium, row.few), strict=True)
+                },
+            }
         )
-        vs_plain = _delta(row.vs_plain, row.vs_plain_se, row.vs_plain_verdict)
-        vs_cb = _delta(row.vs_cb, row.vs_cb_se, row.vs_cb_verdict)
-        lines.append(
-            f"| {dataset_title(row.dataset)} | {row.imbalance_factor:g} | {row.method} | {row.n} "
-            f"| {_pm(row.mean, row.std)} | {vs_plain} | {vs_cb} | {shots} |"
-        )
+    return pd.DataFrame(rows)
+
+
+def compare_methods_markdown(table: pd.DataFrame) -> str:
+    """The rows of :func:`compare_methods` as a GitHub Markdown table."""
+    shown = compare_methods_display(table)
+    right = {"IF", "n", "top-1 error", "vs softmax ± SE", "vs CB softmax ± SE", *_SHOTS}
+    lines = [
+        "| " + " | ".join(shown.columns) + " |",
+        "|" + "|".join("---:" if c in right else "---" for c in shown.columns) + "|",
+    ]
+    lines += ["| " + " | ".join(values) + " |" for values in shown.itertuples(index=False)]
     return "\n".join(lines)
 
 
@@ -151,13 +161,74 @@ def methods_note(df: pd.DataFrame) -> str:
     )
 
 
+def _listing(rows: pd.DataFrame, key: str) -> str:
+    """'A (−1.20), B (−0.80)': the methods of ``rows`` with their difference ``key``."""
+    pairs = zip(rows["method"], rows[key], strict=True)
+    return ", ".join(f"{method} ({diff:+.2f})" for method, diff in pairs) or "no method"
+
+
+def describe_methods(table: pd.DataFrame) -> list[str]:
+    """Plain-words sentences about a :func:`compare_methods` table, one setting after another:
+    the lowest error, which methods beat plain softmax and CB softmax beyond the seed noise,
+    which lost to it, and the caveat when a method has a single seed."""
+    sentences = []
+    for setting, part in table.groupby(list(SETTING_KEYS), dropna=False, sort=False):
+        where = f"{dataset_title(setting[0])} at IF {setting[1]:g}"
+        lowest = part["mean"].min()
+        best = part.loc[part["mean"].round(2) == round(lowest, 2), "method"]
+        sentences.append(
+            f"{where}: the lowest mean error is {lowest:.2f} %, for {' and '.join(best)} "
+            f"(plain softmax: {part.loc[part['method'] == PLAIN, 'mean'].mean():.2f} %)."
+        )
+        if (part["n"] < 2).all():
+            sentences.append(
+                "Every method has one seed here, and one seed gives no noise estimate: no "
+                "difference carries a verdict; train more seeds (run --seeds 0 1 2)."
+            )
+            continue
+        for key, name in (("vs_plain", "plain softmax"), ("vs_cb", CB_SOFTMAX)):
+            better = part[part[f"{key}_verdict"] == "better"].sort_values(key)
+            worse = part[part[f"{key}_verdict"] == "worse"].sort_values(key)
+            sentences.append(
+                f"Against {name}, beyond {NOISE_SE:g} standard errors of the seed noise: "
+                f"lower error for {_listing(better, key)}; higher for {_listing(worse, key)}; "
+                "every other difference is within the noise."
+            )
+        single = part.loc[part["n"] < 2, "method"].tolist()
+        if single:
+            sentences.append(
+                f"One seed only, so no verdict: {', '.join(single)}; train more seeds "
+                "(run --seeds 0 1 2)."
+            )
+    return sentences
+
+
+def methods_markdown(out_dir: str | os.PathLike[str], preset: str) -> str:
+    """Markdown: every method of ``preset`` beside plain and CB softmax, then what the numbers
+    are and where they came from. What ``cbnotes summary --markdown`` prints for a methods
+    preset, and what the README's methods table shows."""
+    from cbnotes.presets import get_preset
+
+    df = results_for(get_preset(preset), out_dir)
+    if df.empty:
+        raise ValueError(
+            f"no finished runs of preset {preset!r} in {out_dir}; "
+            f"run `python -m cbnotes run --preset {preset} --out {out_dir}` first"
+        )
+    table = compare_methods_markdown(compare_methods(df))
+    return f"{table}\n\n{methods_note(df)} Preset `{preset}`: {provenance_text(df)}"
+
+
 __all__ = [
     "CB_SOFTMAX",
     "PLAIN",
     "POSTHOC",
     "SETTING_KEYS",
     "compare_methods",
+    "compare_methods_display",
     "compare_methods_markdown",
+    "describe_methods",
+    "methods_markdown",
     "methods_note",
     "with_posthoc",
 ]

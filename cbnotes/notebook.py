@@ -186,6 +186,7 @@ class Study:
     presets: tuple[str, ...]
     results_dir: Path
     presets_by_mode: Mapping[str, Sequence[str]] = field(repr=False)
+    study_dirs: Mapping[str, str] = field(default_factory=lambda: dict(STUDY_DIRS), repr=False)
     fallback: bool = False
     trained_now: int = 0
 
@@ -256,7 +257,7 @@ class Study:
         """Read the committed CPU study instead (nothing is finished here yet)."""
         self.mode, self.fallback = "cpu", True
         self.presets = tuple(self.presets_by_mode["cpu"])
-        self.results_dir = results_dir(STUDY_DIRS["cpu"])
+        self.results_dir = results_dir(self.study_dirs["cpu"])
         print(
             "No finished run to show yet: the sections below show the committed CPU study "
             f"({display_path(self.results_dir)}) instead."
@@ -289,10 +290,15 @@ def open_study(
     results: str | os.PathLike[str] | None = None,
     *,
     use_drive: bool = False,
+    study_dirs: Mapping[str, str] | None = None,
 ) -> Study:
     """The study a notebook shows in ``mode``: its presets (``presets_by_mode[mode]``) and its
     results folder (``results``, else Drive when ``use_drive`` in full mode on Colab, else
-    :func:`results_dir` of the mode's study, or a temporary folder in smoke mode)."""
+    :func:`results_dir` of the mode's study, or a temporary folder in smoke mode).
+
+    ``study_dirs`` names the results folder of the "cpu" and "full" modes (default
+    :data:`STUDY_DIRS`, the paper's losses; notebook 06 reads the methods study)."""
+    dirs = {**STUDY_DIRS, **(study_dirs or {})}
     resolved = resolve_mode(mode)
     _quiet_progress_fallback()
     if use_drive and (resolved != "full" or not on_colab()):
@@ -303,10 +309,10 @@ def open_study(
     elif resolved == "smoke":
         folder = SMOKE_DIR
     elif use_drive:
-        folder = mount_drive_results(STUDY_DIRS[resolved])
+        folder = mount_drive_results(dirs[resolved])
     else:
-        folder = results_dir(STUDY_DIRS[resolved])
-    study = Study(resolved, tuple(presets_by_mode[resolved]), folder, presets_by_mode)
+        folder = results_dir(dirs[resolved])
+    study = Study(resolved, tuple(presets_by_mode[resolved]), folder, presets_by_mode, dirs)
     print(
         f"MODE = {mode!r} -> {resolved}: preset(s) {', '.join(study.presets)} "
         f"({len(study.configs)} runs), results folder {display_path(folder)}"

@@ -70,6 +70,8 @@ SMOKE_DEPTH = 8
 SMOKE_BASE_WIDTH = 4
 SMOKE_EPOCHS = 2
 SMOKE_BATCH_SIZE = 64
+SMOKE_SEEDS: tuple[int, ...] = (0, 1)
+SMOKE_METHODS_EPOCHS = 3  # DRW needs a learning-rate decay: the 3-epoch schedule has one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +81,9 @@ class Preset:
     name: str
     description: str
     build: Callable[[], list[RunConfig]]
+    #: True for a study of many methods (summarised against plain and CB softmax by
+    #: :func:`cbnotes.comparison.compare_methods`), False for the paper's plain/CB pairs.
+    methods: bool = False
 
     def configs(self) -> list[RunConfig]:
         """The runs of this preset."""
@@ -195,23 +200,41 @@ def _cpu_sweep_runs() -> list[RunConfig]:
     return [_cpu_config(100, 0, *method) for method in methods]
 
 
+def _smoke_config(
+    loss: str,
+    beta: float | None = None,
+    gamma: float | None = None,
+    epochs: int = SMOKE_EPOCHS,
+    **params: Any,
+) -> RunConfig:
+    """One run on the synthetic data with the smoke model and schedule."""
+    return RunConfig(
+        "synthetic",
+        100,
+        loss,
+        beta,
+        gamma,
+        depth=SMOKE_DEPTH,
+        base_width=SMOKE_BASE_WIDTH,
+        epochs=epochs,
+        batch_size=SMOKE_BATCH_SIZE,
+        **params,
+    )
+
+
+def _smoke_methods_runs() -> list[RunConfig]:
+    """Every method of LATER_METHODS on the synthetic data, seeds 0 and 1."""
+    return [
+        _smoke_config(loss, seed=seed, epochs=SMOKE_METHODS_EPOCHS, **params)
+        for seed in SMOKE_SEEDS
+        for loss, params in LATER_METHODS
+    ]
+
+
 def _smoke_runs() -> list[RunConfig]:
     """Synthetic data, tiny ResNet, 2 epochs: plain softmax vs CB softmax and CB focal."""
     methods = [("softmax", 0.0, None), ("softmax", 0.9999, None), ("focal", 0.9999, 1.0)]
-    return [
-        RunConfig(
-            "synthetic",
-            100,
-            loss,
-            beta,
-            gamma,
-            depth=SMOKE_DEPTH,
-            base_width=SMOKE_BASE_WIDTH,
-            epochs=SMOKE_EPOCHS,
-            batch_size=SMOKE_BATCH_SIZE,
-        )
-        for loss, beta, gamma in methods
-    ]
+    return [_smoke_config(*method) for method in methods]
 
 
 PRESETS: dict[str, Preset] = {
@@ -239,6 +262,7 @@ PRESETS: dict[str, Preset] = {
             "Balanced Softmax; logit-adjusted loss (post-hoc adjustment is reported for the "
             "plain runs). ResNet-32, the paper's recipe, seed 0. GPU only.",
             _beyond_runs,
+            methods=True,
         ),
         Preset(
             "cpu",
@@ -266,15 +290,25 @@ PRESETS: dict[str, Preset] = {
             "cpu-methods",
             f"Fashion-MNIST-LT IF 100, seeds {', '.join(map(str, CPU_SEEDS))}: every method of "
             "'beyond' (the paper's losses, 1/n and 1/√n weights, re-sampling, DRW, LDAM, "
-            "LDAM-DRW, Balanced Softmax, logit adjustment) with the 'cpu' model and schedule; "
-            "runs shared with 'cpu' and 'cpu-sweep' are reused.",
+            "LDAM-DRW, Balanced Softmax, logit adjustment) with the 'cpu' model and schedule "
+            "(its plain and CB runs have the ids of those in 'cpu', so one folder holding both "
+            "trains them once).",
             _cpu_methods_runs,
+            methods=True,
         ),
         Preset(
             "smoke",
             "Synthetic data, ResNet-8 (width 4), 2 epochs, 3 methods: checks the whole pipeline "
             "in seconds.",
             _smoke_runs,
+        ),
+        Preset(
+            "smoke-methods",
+            "Synthetic data, the smoke model for 3 epochs (DRW needs an lr decay), every method "
+            "of 'cpu-methods', seeds 0 and 1: checks the methods study and notebook 06 in about "
+            "a minute.",
+            _smoke_methods_runs,
+            methods=True,
         ),
     )
 }

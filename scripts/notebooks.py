@@ -394,20 +394,31 @@ COLAB_PREFIX_RE = re.compile(r"https://colab\.research\.google\.com/github/[\w.-
 GIT_URL_RE = re.compile(r"git\+https://github\.com/[\w.-]+/[\w.-]+")
 
 
-RESULTS_DIR, RESULTS_PRESET = "results/cpu-study", "cpu"
-RESULTS_BEGIN = (
-    f"<!-- results: written by `python -m cbnotes summary --out {RESULTS_DIR} "
-    f"--preset {RESULTS_PRESET} --markdown` (scripts/notebooks.py sync); do not edit -->"
+#: The README's generated results blocks: (results folder, preset), each between its markers.
+RESULTS_BLOCKS: tuple[tuple[str, str], ...] = (
+    ("results/cpu-study", "cpu"),
+    ("results/methods-study", "cpu-methods"),
 )
 RESULTS_END = "<!-- end of results -->"
 
 
-def results_block() -> str:
-    """The README's results block, computed from the committed study."""
-    from cbnotes.analysis import summary_markdown
+def results_begin(folder: str, preset: str) -> str:
+    """The opening marker of the README block written from ``folder``'s runs of ``preset``."""
+    return (
+        f"<!-- results: written by `python -m cbnotes summary --out {folder} "
+        f"--preset {preset} --markdown` (scripts/notebooks.py sync); do not edit -->"
+    )
 
-    body = summary_markdown(ROOT / RESULTS_DIR, RESULTS_PRESET)
-    return f"{RESULTS_BEGIN}\n{body}\n{RESULTS_END}"
+
+def results_block(folder: str, preset: str) -> str:
+    """One README results block, computed from the committed study (``cbnotes summary``)."""
+    from cbnotes.analysis import summary_markdown
+    from cbnotes.comparison import methods_markdown
+    from cbnotes.presets import PRESETS
+
+    markdown = methods_markdown if PRESETS[preset].methods else summary_markdown
+    body = markdown(ROOT / folder, preset)
+    return f"{results_begin(folder, preset)}\n{body}\n{RESULTS_END}"
 
 
 def sync_text(text: str) -> str:
@@ -415,10 +426,14 @@ def sync_text(text: str) -> str:
     slug = repository_url().removeprefix("https://github.com/")
     text = COLAB_PREFIX_RE.sub(f"https://colab.research.google.com/github/{slug}/", text)
     text = GIT_URL_RE.sub(f"git+{repository_url()}", text)
-    begin, end = text.find(RESULTS_BEGIN), text.find(RESULTS_END)
-    if begin < 0 or end < begin:
-        raise SystemExit(f"{README}: the results block markers are missing:\n{RESULTS_BEGIN}")
-    return text[:begin] + results_block() + text[end + len(RESULTS_END) :]
+    for folder, preset in RESULTS_BLOCKS:
+        begin_marker = results_begin(folder, preset)
+        begin = text.find(begin_marker)
+        end = text.find(RESULTS_END, begin)
+        if begin < 0 or end < begin:
+            raise SystemExit(f"{README}: the results block markers are missing:\n{begin_marker}")
+        text = text[:begin] + results_block(folder, preset) + text[end + len(RESULTS_END) :]
+    return text
 
 
 def problems(path: Path) -> list[str]:

@@ -14,6 +14,7 @@ from cbnotes.comparison import (
     SETTING_KEYS,
     compare_methods,
     compare_methods_markdown,
+    describe_methods,
 )
 from cbnotes.config import RunConfig
 
@@ -84,3 +85,25 @@ def test_the_markdown_table_has_one_line_per_method(study):
     assert f"| Fashion-MNIST-LT | 100 {cb_row}" in text
     with pytest.raises(ValueError, match="no finished runs"):
         compare_methods_markdown(compare_methods(study.iloc[0:0]))
+
+
+def test_the_plain_words_name_the_winners_and_losers_beyond_the_noise(study):
+    sentences = describe_methods(compare_methods(study))
+    assert sentences[0] == (
+        "Fashion-MNIST-LT at IF 100: the lowest mean error is 21.00 %, for softmax + post-hoc "
+        "logit adjustment (τ=1.0) and CB softmax (β=0.9999) (plain softmax: 25.00 %)."
+    )
+    against_plain, against_cb, single = sentences[1:]
+    assert "lower error for softmax + post-hoc logit adjustment (τ=1.0) (-4.00)" in against_plain
+    assert "CB softmax (β=0.9999) (-4.00)" in against_plain
+    assert "higher for no method" in against_plain
+    assert "higher for softmax (+4.00), LDAM (+4.00);" in against_cb
+    assert single.startswith("One seed only, so no verdict: softmax DRW (β=0.9999);")
+
+
+def test_with_one_seed_everywhere_no_verdict_is_claimed(study):
+    first = study[study["seed"] == 0]
+    sentences = describe_methods(compare_methods(first))
+    assert len(sentences) == 2
+    assert "no difference carries a verdict" in sentences[1]
+    assert not any("beyond" in s for s in sentences)

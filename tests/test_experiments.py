@@ -198,7 +198,7 @@ def test_200_epochs_is_the_papers_recipe_and_labels_name_the_method():
 
 def test_presets_have_the_documented_sizes_and_unique_runs():
     sizes = {"paper": 260, "paper-best": 70, "beyond": 52, "cpu": 36, "cpu-quick": 4}
-    sizes.update({"cpu-sweep": 14, "cpu-methods": 39, "smoke": 3})
+    sizes.update({"cpu-sweep": 14, "cpu-methods": 39, "smoke": 3, "smoke-methods": 26})
     assert {name: len(get_preset(name)) for name in PRESETS} == sizes
     for name in PRESETS:
         ids = [c.run_id for c in get_preset(name)]
@@ -210,6 +210,8 @@ def test_presets_have_the_documented_sizes_and_unique_runs():
     shared = sweep & {c.run_id for c in get_preset("cpu")}
     assert shared == {c.run_id for c in get_preset("cpu-quick")}  # plain and CB, softmax + focal
     assert all(c.depth == CPU_DEPTH for c in get_preset("cpu"))
+    assert all(PRESETS[name].methods for name in ("beyond", "cpu-methods", "smoke-methods"))
+    assert not any(PRESETS[name].methods for name in ("paper", "paper-best", "cpu", "smoke"))
 
 
 def test_the_paper_preset_uses_the_papers_grid():

@@ -73,8 +73,12 @@ def test_the_two_commands_exist():
 def test_the_results_block_is_what_the_committed_study_gives_now():
     import notebooks as nbtools  # scripts/, importable through conftest.py
 
-    block = nbtools.results_block()
+    block = nbtools.results_block("results/cpu-study", "cpu")
     assert block.count("\n| Fashion-MNIST-LT |") == 6
     assert block in README.read_text(encoding="utf-8"), "README is stale: notebooks.py sync"
+    methods = nbtools.results_block("results/methods-study", "cpu-methods")
+    assert methods.count("\n| Fashion-MNIST-LT |") >= 2  # at least the two baselines
+    assert "| softmax |" in methods
+    assert methods in README.read_text(encoding="utf-8"), "README is stale: notebooks.py sync"
     figure = re.search(r"!\[[^]]*\]\((results/[^)]+\.png)\)", README.read_text(encoding="utf-8"))
     assert (README.parent / figure.group(1)).is_file()
