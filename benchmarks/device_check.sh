@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU checks of cbnotes in one command (at most about 8 minutes, no internet needed):
+# GPU checks of cbnotes in one command (at most about 10 minutes, no internet needed):
 #
 #   1. cuda_tests  the CUDA tests (pytest -k cuda)
 #   2. bench       benchmarks/bench_fused.py: packs of 1-16 ResNet-32s vs one by one, 32x32x3,
@@ -9,6 +9,10 @@
 #                  files in the official format (tests/fakedata.py; torchvision's MD5 check is
 #                  pointed at the fake files, as tests/test_data.py does), and two epochs of a
 #                  pack of 4 such runs
+#   5. bench_training  benchmarks/bench_training.py: each choice of the training step as a
+#                  ratio against its baseline (fused SGD with a tensor lr vs the for-loop,
+#                  channels-last, cuDNN autotuner, checkpoint cost, torch.compile default and
+#                  reduce-overhead), ResNet-32 on 32x32x3
 #
 # Usage:
 #   bash benchmarks/device_check.sh [OUT_DIR]            # on a CUDA machine
@@ -16,9 +20,9 @@
 #
 # OUT_DIR defaults to benchmarks/results/<date>-<device>/. It receives device_check.json and
 # report.md (every step's status, seconds and results), bench_fused*.json, amp.json,
-# paper.json and one log per step. Exit status: 0 if every step passed, 1 otherwise, 2 on
-# bad usage or (without --dry-run) no CUDA device. PYTHON overrides the interpreter
-# (default: .venv/bin/python if present, else python3).
+# paper.json, bench_training.json and one log per step. Exit status: 0 if every step
+# passed, 1 otherwise, 2 on bad usage or (without --dry-run) no CUDA device. PYTHON overrides
+# the interpreter (default: .venv/bin/python if present, else python3).
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -28,7 +32,7 @@ OUT=""
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY=1 ;;
-    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "device_check.sh: unknown option $arg (use --dry-run or -h)" >&2; exit 2 ;;
     *)
       if [ -n "$OUT" ]; then echo "device_check.sh: give one OUT_DIR, got '$OUT' and '$arg'" >&2; exit 2; fi
@@ -74,15 +78,17 @@ run_step() {
 if [ "$DRY" = 1 ]; then
   TESTS=(tests/test_fused.py)  # the CUDA tests skip on CPU; one file keeps the dry run short
   BENCH=(--tiny --device cpu --threads 1)
+  TRAINING=(--tiny --device cpu --threads 1 --omp-threads 1)
   CL_SIZES=1,2
-  LIMITS=(120 120 120 120 120)  # generous: CI machines are shared
+  LIMITS=(120 120 120 120 120 120)  # generous: CI machines are shared
 else
   # Every test file that mentions CUDA (collecting all of tests/ would need the notebook
   # packages, which a GPU image may lack).
   mapfile -t TESTS < <(grep -l cuda tests/test_*.py | grep -v test_device_check)
   BENCH=(--device cuda)
+  TRAINING=(--device cuda)
   CL_SIZES=1,4,16
-  LIMITS=(120 120 60 60 90)  # seconds per step: 450 in all, inside the 8-minute budget
+  LIMITS=(120 120 60 60 90 150)  # seconds per step: 600 in all, inside the 10-minute budget
 fi
 
 run_step cuda_tests "${LIMITS[0]}" "$PY" -m pytest -q -p no:cacheprovider -k cuda "${TESTS[@]}"
@@ -238,6 +244,11 @@ with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
 (out / "paper.json").write_text(json.dumps(results, indent=2) + "\n")
 EOF
 
+# Last: its torch.compile comparisons take the longest, and it writes its JSON after every
+# comparison, so a step cut short by its limit keeps what it measured.
+run_step bench_training "${LIMITS[5]}" "$PY" benchmarks/bench_training.py "${TRAINING[@]}" \
+  --json "$OUT/bench_training.json"
+
 "$PY" - "$OUT" "$DRY" "$DEVICE_NAME" <<'EOF'
 """Collect the steps' status and results into device_check.json and report.md."""
 import json, platform, sys
@@ -254,7 +265,7 @@ for line in (out / "steps.tsv").read_text().splitlines():
                   "status": "passed" if rc == "0" else ("timed out" if rc in ("124", "137") else "failed")})
 results = {}
 for key, file in (("bench", "bench_fused.json"), ("bench_channels_last", "bench_fused_channels_last.json"),
-                  ("amp", "amp.json"), ("paper", "paper.json")):
+                  ("amp", "amp.json"), ("paper", "paper.json"), ("bench_training", "bench_training.json")):
     path = out / file
     results[key] = json.loads(path.read_text()) if path.exists() else None
 report = {
@@ -289,6 +300,13 @@ if paper:
               f"Pack of {len(pack['members'])} ({', '.join(pack['members'])}): "
               f"{pack['images_per_second']:.0f} images/s, "
               f"{pack['speedup_vs_one_run']:.2f}x one run's."]
+training = results["bench_training"]
+if training:
+    lines += ["", f"## The training step, each choice vs its baseline ({training['model']}, "
+              f"{training['input']}, amp={training['amp']}, {training['clock']} time)", "",
+              "| comparison | what | baseline s | variant s | ratio |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {c['name']} | {c['what']} | {c['baseline_s']:.4g} | {c['variant_s']:.4g} | "
+              f"{c['ratio']:.2f}x |" for c in training["comparisons"]]
 amp = results["amp"]
 if amp:
     lines += ["", "## Mixed precision (1 epoch each)", ""]

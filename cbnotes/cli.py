@@ -21,10 +21,19 @@ in two files (a sync tool's ``<run_id> (1).json``) is counted once.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+# OpenMP threads that wait for work sleep instead of spinning, unless the environment says
+# otherwise: on a CPU shared with other work spinning threads burn the cores the training
+# needs. On a loaded 2-core machine an epoch of the CPU study's model with 2 torch threads
+# took 5.4x less wall time (4.1x less CPU time) with it (benchmarks/bench_training.py
+# --only omp_passive). OpenMP reads it when torch loads, which this module does only later,
+# inside the commands (`python -m cbnotes` and the `cbnotes` script both start here).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from cbnotes._files import check_out_dir
 
@@ -63,6 +72,7 @@ examples:
   cbnotes run --preset paper --backend ray --download     every GPU of this machine, 4 runs per GPU
   cbnotes run --preset paper --backend ray --address auto --out /shared/runs   a Ray cluster
   cbnotes run --preset paper --fused --device cuda   runs of one shape trained as fused packs
+  cbnotes run --preset paper --device cuda --compile --checkpoint-every 120   faster, same run ids
 """
 
 _RUN_ONE_EPILOG = """\
@@ -104,6 +114,27 @@ def _add_execution(parser: argparse.ArgumentParser) -> None:
         help="download the dataset if it is not in the data folder",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    speed = parser.add_argument_group(
+        "speed (runtime options: they do not change run ids, so finished runs stay finished)"
+    )
+    speed.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="MODE",
+        help="compile the model with torch.compile (meant for CUDA; a first epoch of minutes "
+        "on a CPU); MODE: default, reduce-overhead (CUDA graphs), max-autotune or "
+        "max-autotune-no-cudagraphs (default: default)",
+    )
+    speed.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="save a run's checkpoint after an epoch once SECONDS have passed since the last "
+        "one; 0: every epoch (default: every epoch on a CPU, at most once a minute on a GPU)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="CPUs of the local Ray instance (default: all); ignored with --address",
+    )
+    ray.add_argument(
+        "--cpus-per-run",
+        type=int,
+        default=1,
+        metavar="N",
+        help="CPU cores (and torch threads) of each run (default: 1); a run's numbers depend on "
+        "its thread count, so use the local run's thread count to reproduce it exactly",
     )
     ray.add_argument(
         "--runs-per-gpu",
@@ -443,6 +482,8 @@ def _sweep(configs: list[RunConfig], args: argparse.Namespace) -> int:
         "progress": not args.no_progress,
         "data_root": args.data_root,
         "download": args.download,
+        "compile": args.compile or False,
+        "checkpoint_every": args.checkpoint_every,
     }
     if getattr(args, "fused", False):
         options.update(fused=True, pack_size=args.pack_size)
@@ -455,6 +496,7 @@ def _sweep(configs: list[RunConfig], args: argparse.Namespace) -> int:
                 args.out,
                 address=args.address,
                 workers=args.workers,
+                cpus_per_run=args.cpus_per_run,
                 runs_per_gpu=args.runs_per_gpu,
                 **options,
             )
@@ -483,6 +525,21 @@ def _sweep(configs: list[RunConfig], args: argparse.Namespace) -> int:
     return 1
 
 
+def _check_runtime(args: argparse.Namespace) -> None:
+    """UserError for --compile / --checkpoint-every values that cannot work."""
+    from cbnotes.training import COMPILE_MODES
+
+    if args.compile is not None and args.compile not in COMPILE_MODES:
+        raise UserError(
+            f"--compile takes no value or one of {', '.join(COMPILE_MODES)}; got {args.compile!r}"
+        )
+    every = args.checkpoint_every
+    if every is not None and not (every >= 0 and every != float("inf")):
+        raise UserError(
+            f"--checkpoint-every must be a number of seconds >= 0 (0: every epoch); got {every}"
+        )
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     """Run (or list with --dry-run) a preset."""
     from cbnotes.presets import resolve_preset_name
@@ -492,6 +549,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         args.preset = resolve_preset_name("auto")
         print(f"--preset auto: running {args.preset!r} on this machine", flush=True)
     _check_fused(args)
+    _check_runtime(args)
     configs = _selected(args)
     if args.fused and args.pack_size is None:
         args.pack_size = _default_pack_size(args, configs)
@@ -556,6 +614,7 @@ def _cmd_run_one(args: argparse.Namespace) -> int:
     """Run a single configuration."""
     from cbnotes.config import RunConfig
 
+    _check_runtime(args)
     config = RunConfig(
         dataset=args.dataset,
         imbalance_factor=args.imbalance_factor,

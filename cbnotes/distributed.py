@@ -120,6 +120,8 @@ def run_sweep_ray(
     progress: bool = True,
     data_root: str | os.PathLike[str] | None = None,
     download: bool = False,
+    compile: bool | str = False,
+    checkpoint_every: float | None = None,
 ) -> pd.DataFrame:
     """Run every config as a Ray task; write ``summary.csv``; return the rows of ``configs``.
 
@@ -129,6 +131,7 @@ def run_sweep_ray(
     ``cpus_per_run`` cores, which is also its torch thread count. Runs that fail (for a reason
     of their own, or because their worker died more than ``max_retries`` times) do not stop the
     others: a :class:`cbnotes.runner.SweepError` lists them at the end, as the local runner's.
+    ``compile`` and ``checkpoint_every`` go to each run (:func:`cbnotes.runner.run_experiment`).
     """
     from tqdm.auto import tqdm
 
@@ -171,7 +174,13 @@ def run_sweep_ray(
         )
     if device == "auto":
         device = "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
-    options = {"device": device, "data_root": data_root, "download": download}
+    options = {
+        "device": device,
+        "data_root": data_root,
+        "download": download,
+        "compile": compile,
+        "checkpoint_every": checkpoint_every,
+    }
     task = ray.remote(_task).options(
         **_resources(device, cpus_per_run, runs_per_gpu), max_retries=max_retries
     )

@@ -75,9 +75,13 @@ from cbnotes.training import (
     PaperLrFactor,
     Recipe,
     _is_int,
+    _mark_step,
     _resolve_amp,
     build_optimizer,
     build_scheduler,
+    compile_model,
+    resolve_compile,
+    tune_backends,
 )
 
 __all__ = [
@@ -547,7 +551,9 @@ class PackTrainer:
     With ``amp="fp16"`` each member scales its loss as its own ``torch.amp.GradScaler`` would
     (a member whose gradients overflow skips its step alone). ``channels_last=True`` feeds the
     fused model channels-last batches (the convolutions then run in that layout; the weights
-    stay in the flat buffer); ``compile=True`` wraps it in ``torch.compile`` (CUDA).
+    stay in the flat buffer); ``compile`` (True or a mode of
+    :data:`cbnotes.training.COMPILE_MODES`) wraps it in ``torch.compile`` (CUDA). On CUDA
+    cuDNN's autotuner is turned on (:func:`cbnotes.training.tune_backends`).
     """
 
     def __init__(
@@ -559,7 +565,7 @@ class PackTrainer:
         num_classes: int,
         amp: str = "auto",
         progress: bool = True,
-        compile: bool = False,
+        compile: bool | str = False,
         channels_last: bool = False,
     ) -> None:
         members = list(members)
@@ -579,9 +585,11 @@ class PackTrainer:
             _check_same_value(what, [get(m) for m in members], [m.name for m in members])
         self.device = torch.device(device)
         self.amp_dtype = _resolve_amp(amp, self.device)
+        self.compile_mode = resolve_compile(compile)
+        tune_backends(self.device)
         models = [getattr(m.model, "_orig_mod", m.model).to(self.device) for m in members]
         self.model = FusedResNet.from_models(models)
-        self._forward = torch.compile(self.model) if compile else self.model
+        self._forward = compile_model(self.model, self.compile_mode)
         self.members = members
         self.num_members = len(members)
         self.num_classes = int(num_classes)
@@ -751,6 +759,7 @@ class PackTrainer:
             disable=not self.progress,
         )
         for step, (x, ys) in enumerate(bar):
+            _mark_step(self.compile_mode, self.device)
             with self._autocast():
                 logits = self._forward(x)
             losses = torch.stack(
@@ -802,6 +811,7 @@ class PackTrainer:
         try:
             for x, y in self.test_loader:
                 x = x.to(self.device, non_blocking=True)
+                _mark_step(self.compile_mode, self.device)
                 with self._autocast():
                     logits = self._forward(self._layout(x.repeat(1, n, 1, 1)))
                 top = logits.argmax(dim=2)

@@ -48,7 +48,7 @@ __all__ = [
     "resnet_cifar",
 ]
 
-BN_MOMENTUM = 0.1  # PyTorch convention; equals TF batch-norm decay 0.9 (paper.md)
+BN_MOMENTUM = 0.1  # PyTorch convention; equals the official code's TF batch-norm decay 0.9
 BN_EPS = 1e-5
 
 

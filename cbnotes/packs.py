@@ -11,7 +11,8 @@ was trained in a pack of N. Everything else follows the runner (:mod:`cbnotes.ru
 - A finished run is never trained again, and a run with its own checkpoint (interrupted
   while trained alone) resumes alone; only pending runs are packed. A pack of one is an
   ordinary run.
-- The pack checkpoints as a whole after every epoch, atomically, to
+- The pack checkpoints as a whole, atomically, as often as a run does (``checkpoint_every``,
+  see :func:`cbnotes.runner.checkpoint_seconds`), to
   ``out_dir/checkpoints/pack-<hash of its run ids>.pt``; Ctrl-C leaves it in place and the
   same command resumes the pack, bit for bit on one machine. Packs are formed over the whole
   selection, finished runs included, so that a re-run forms the same packs.
@@ -40,6 +41,7 @@ from cbnotes.provenance import environment, resolve_device
 from cbnotes.results import checkpoint_path, result_path, run_status
 from cbnotes.runner import (
     EVAL_BATCH_SIZE,
+    CheckpointTimer,
     DamagedCheckpointError,
     PackFallback,
     RunError,
@@ -53,6 +55,7 @@ from cbnotes.runner import (
     _start_session,
     _why,
     build_parts,
+    checkpoint_seconds,
     missing_keys,
     new_progress,
     progress_problem,
@@ -320,9 +323,15 @@ def _save_pack_checkpoint(
 
 
 def _build_pack(
-    configs: Sequence[RunConfig], train_set: Any, test_set: Any, device: Any, progress: bool
+    configs: Sequence[RunConfig],
+    train_set: Any,
+    test_set: Any,
+    device: Any,
+    progress: bool,
+    compile: str | None = None,
 ) -> Any:
-    """The :class:`~cbnotes.fused.PackTrainer` of ``configs``; PackFallback if it refuses them."""
+    """The :class:`~cbnotes.fused.PackTrainer` of ``configs`` (``compile``: a torch.compile
+    mode, or None); PackFallback if it refuses them."""
     from cbnotes.fused import PackMember, PackTrainer
     from cbnotes.pipeline import DeviceLoader
 
@@ -350,6 +359,7 @@ def _build_pack(
             num_classes=train_set.num_classes,
             amp=configs[0].amp,
             progress=progress,
+            compile=compile or False,
         )
     except ValueError as err:
         raise PackFallback(f"{_describe(configs)} cannot be trained fused ({err})") from err
@@ -365,19 +375,27 @@ def run_pack(
     download: bool = False,
     after_checkpoint: Callable[[int], None] | None = None,
     data: DataCache | None = None,
+    compile: bool | str = False,
+    checkpoint_every: float | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Train pending ``configs`` as one pack; write each run's result; return them by run id.
 
-    Resumes from :func:`pack_checkpoint_path` when present and saves it after every epoch;
-    deletes it once every result is written. ``after_checkpoint(epoch)`` is called after
+    Resumes from :func:`pack_checkpoint_path` when present and saves it after an epoch once
+    ``checkpoint_every`` seconds have passed since the last save (as
+    :func:`cbnotes.runner.run_experiment`; ``compile`` too); deletes it once every result is
+    written. ``after_checkpoint(epoch)`` is called after
     each checkpoint (a test hook); ``data`` keeps datasets between packs. Raises
     :class:`~cbnotes.runner.PackFallback` when the runs cannot be trained fused (the sweep
     then trains them one by one), :class:`~cbnotes.runner.RunError` for a checkpoint of
     another pack, and ValueError for runs that cannot share a pack or are not pending.
     """
+    from cbnotes.training import resolve_compile
+
     configs = _check_pack(configs, out_dir)
     _check_out_dirs(out_dir)
     dev = resolve_device(device)
+    every = checkpoint_seconds(checkpoint_every, dev)
+    mode = resolve_compile(compile)
     ckpt = pack_checkpoint_path(out_dir, configs)
     saved = None
     if ckpt.exists():
@@ -386,7 +404,7 @@ def run_pack(
         except DamagedCheckpointError as err:
             _restart_note(_describe(configs), str(err), _set_aside(ckpt, str(err)))
     train_set, test_set = (data or DataCache()).get(configs[0], dev, data_root, download)
-    pack = _build_pack(configs, train_set, test_set, dev, progress)
+    pack = _build_pack(configs, train_set, test_set, dev, progress, mode)
     states = [new_progress() for _ in configs]
     if saved is not None:
         try:
@@ -395,13 +413,15 @@ def run_pack(
         except Exception as err:  # any failure here means a damaged checkpoint
             problem = f"checkpoint {ckpt} is damaged: resuming from it fails with {_why(err)}"
             _restart_note(_describe(configs), problem, _set_aside(ckpt, problem))
-            pack = _build_pack(configs, train_set, test_set, dev, progress)
+            pack = _build_pack(configs, train_set, test_set, dev, progress, mode)
         else:
             states = saved["progress"]
     env = environment(dev)
+    runtime = {"compile": mode, "checkpoint_every": every, "channels_last": pack.channels_last}
     for config, state in zip(configs, states, strict=True):
-        _start_session(state, dev, config, env)
-    finals = _train_pack(configs, pack, ckpt, states, after_checkpoint)
+        _start_session(state, dev, config, env, runtime)
+    timer = CheckpointTimer(every, pack.next_epoch)
+    finals = _train_pack(configs, pack, ckpt, states, timer, after_checkpoint)
     return _write_results(configs, pack, finals, states, dev, out_dir, ckpt)
 
 
@@ -410,9 +430,11 @@ def _train_pack(
     pack: Any,
     ckpt: Path,
     states: list[dict[str, Any]],
+    timer: CheckpointTimer,
     after_checkpoint: Callable[[int], None] | None,
 ) -> list[dict[str, Any]]:
-    """Train the pack to the end, checkpointing each epoch; return each run's final metrics.
+    """Train the pack to the end, checkpointing when ``timer`` says so; return each run's
+    final metrics.
 
     Each run's progress counts its 1/N share of the pack's time (see :data:`PACK_NOTE`).
     """
@@ -421,22 +443,24 @@ def _train_pack(
     walls = [state["wall_seconds"] for state in states]
     train_size = len(pack.members[0].train_loader.data)
 
-    def save(records: list[dict[str, Any]]) -> None:
+    def epoch_end(records: list[dict[str, Any]]) -> None:
         elapsed = time.perf_counter() - session_start
         for state, wall in zip(states, walls, strict=True):
             state["train_seconds"] += records[0]["seconds"] / n
             state["images"] += train_size
             state["wall_seconds"] = wall + elapsed / n
-        _save_pack_checkpoint(ckpt, configs, pack, states)
-        if after_checkpoint is not None:
-            after_checkpoint(records[0]["epoch"])
+        if timer.due():
+            _save_pack_checkpoint(ckpt, configs, pack, states)
+            timer.saved(records[0]["epoch"] + 1)
+            if after_checkpoint is not None:
+                after_checkpoint(records[0]["epoch"])
 
     try:
-        pack.fit(eval_every=configs[0].eval_every, on_epoch_end=save, desc=f"pack of {n}")
+        pack.fit(eval_every=configs[0].eval_every, on_epoch_end=epoch_end, desc=f"pack of {n}")
     except KeyboardInterrupt:
         print(
-            f"\ninterrupted: {_describe(configs)} has {pack.next_epoch} of {pack.epochs} "
-            f"epochs saved; run the same command (with --fused) again to resume from {ckpt}",
+            f"\ninterrupted: {_describe(configs)} has {timer.describe(pack.epochs, ckpt)} "
+            "(with --fused)",
             file=sys.stderr,
         )
         raise

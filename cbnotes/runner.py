@@ -1,8 +1,12 @@
 """Resumable experiment runner: train a :class:`RunConfig`, write its result, skip finished runs.
 
 A finished run (``out_dir/runs/<run_id>.json``) is never trained again; an interrupted one
-resumes from ``out_dir/checkpoints/<run_id>.pt``, written after every epoch, and ends bit for
-bit as an uninterrupted run would (same device and torch thread count). Every file is written
+resumes from ``out_dir/checkpoints/<run_id>.pt`` and ends bit for bit as an uninterrupted run
+would (same device and torch thread count). The checkpoint is written after an epoch once
+``checkpoint_every`` seconds have passed since the last one (:func:`checkpoint_seconds`: every
+epoch on a CPU, at most one a minute on a GPU, whose epochs can be shorter than a save).
+Runtime options (``compile``, ``checkpoint_every``) change how fast a run trains, not what it
+is: they are not fields of :class:`RunConfig` and leave run ids alone. Every file is written
 to a temporary file in the same folder and moved into place with ``os.replace``, so nothing
 half-written is ever left on disk. What the files hold is described in :mod:`cbnotes.results`.
 
@@ -62,8 +66,13 @@ from cbnotes.results import (
 EVAL_BATCH_SIZE = 500
 #: Strength of the post-hoc logit adjustment reported for plain softmax runs (Menon et al.).
 POSTHOC_TAU = 1.0
+#: Seconds between checkpoints when none are asked for, by device type (see
+#: :func:`checkpoint_seconds`).
+CHECKPOINT_SECONDS = {"cpu": 0.0, "cuda": 60.0}
 #: What a checkpoint must hold (besides what ``Trainer.load_state_dict`` checks itself).
 _CHECKPOINT_KEYS = ("config", "trainer", "rng", "progress")
+#: The clock of :class:`CheckpointTimer` (tests replace it with a fake one).
+_monotonic = time.monotonic
 _PROGRESS_KEYS = ("train_seconds", "wall_seconds", "images", "started", "sessions")
 
 
@@ -112,6 +121,48 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_seconds(every: float | None, device: Any) -> float:
+    """Seconds between checkpoints: ``every`` if given (0: after every epoch), else
+    :data:`CHECKPOINT_SECONDS` of the device: every epoch on a CPU, where an epoch takes
+    seconds and a save milliseconds; at most one a minute on a GPU, where a save (a copy of
+    the state to the host and a file write) can take as long as a short epoch."""
+    if every is None:
+        return CHECKPOINT_SECONDS.get(getattr(device, "type", str(device)), 0.0)
+    if isinstance(every, bool) or not isinstance(every, int | float) or not every >= 0:
+        raise ValueError(
+            f"checkpoint_every must be a number of seconds >= 0 (0: after every epoch); got "
+            f"{every!r}"
+        )
+    return float(every)
+
+
+class CheckpointTimer:
+    """Whether a checkpoint is due after an epoch: once ``every`` seconds have passed since the
+    last save (or since training started in this session). ``saved_epochs`` counts the epochs
+    the newest checkpoint holds (0: there is none)."""
+
+    def __init__(self, every: float, saved_epochs: int) -> None:
+        self.every = every
+        self.saved_epochs = saved_epochs
+        self.last = _monotonic()
+
+    def due(self) -> bool:
+        """True when a checkpoint should be written now."""
+        return _monotonic() - self.last >= self.every
+
+    def saved(self, epochs: int) -> None:
+        """Record a checkpoint holding ``epochs`` epochs, written now."""
+        self.saved_epochs = epochs
+        self.last = _monotonic()
+
+    def describe(self, total: int, ckpt: Path) -> str:
+        """What an interruption leaves and what to do, for messages: '3 of 12 epochs saved;
+        run again to resume from <ckpt>'."""
+        if not self.saved_epochs:
+            return f"no epoch of {total} saved yet; run again to start it over"
+        return f"{self.saved_epochs} of {total} epochs saved; run again to resume from {ckpt}"
 
 
 def _why(err: BaseException) -> str:
@@ -300,9 +351,11 @@ def build_trainer(
     progress: bool = True,
     data_root: str | os.PathLike[str] | None = None,
     download: bool = False,
+    compile: bool | str = False,
 ) -> Any:
     """Data, model, criterion, loaders and :class:`~cbnotes.training.Trainer` for ``config``
-    (the run's parts from :func:`build_parts`, weight-decay groups from the registry)."""
+    (the run's parts from :func:`build_parts`, weight-decay groups from the registry);
+    ``compile`` goes to the Trainer."""
     from cbnotes.data import load_dataset
     from cbnotes.pipeline import DeviceLoader
     from cbnotes.training import Trainer
@@ -328,6 +381,7 @@ def build_trainer(
         train_counts=parts.counts,
         amp=config.amp,
         progress=progress,
+        compile=compile,
         posthoc_tau=parts.posthoc_tau,
     )
 
@@ -341,13 +395,19 @@ def run_experiment(
     data_root: str | os.PathLike[str] | None = None,
     download: bool = False,
     after_checkpoint: Callable[[int], None] | None = None,
+    compile: bool | str = False,
+    checkpoint_every: float | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one config; return its result record (skip if already finished).
 
-    Resumes from ``out_dir/checkpoints/<run_id>.pt`` when present, saves a checkpoint after every
-    epoch, writes ``out_dir/runs/<run_id>.json`` at the end and then deletes the checkpoint.
-    Ctrl-C leaves the last complete checkpoint in place; calling again resumes from it.
-    ``after_checkpoint(epoch)`` is called after each checkpoint is saved (a test hook).
+    Resumes from ``out_dir/checkpoints/<run_id>.pt`` when present, saves a checkpoint after an
+    epoch once ``checkpoint_every`` seconds have passed since the last one (default
+    :func:`checkpoint_seconds`; 0: every epoch), writes ``out_dir/runs/<run_id>.json`` at the
+    end and then deletes the checkpoint. Ctrl-C leaves the last complete checkpoint in place;
+    calling again resumes from it. ``after_checkpoint(epoch)`` is called after each checkpoint
+    is saved (a test hook). ``compile`` (True or a ``torch.compile`` mode, see
+    :data:`cbnotes.training.COMPILE_MODES`) compiles the model; like ``checkpoint_every`` it
+    changes the speed, not the run id.
 
     The results folder is checked before any data is loaded (PlaceError). A damaged checkpoint
     is set aside and the run starts again; an invalid result file is never overwritten: it is
@@ -367,13 +427,18 @@ def run_experiment(
     _check_out_dirs(out_dir)
     ckpt = checkpoint_path(out_dir, config)
     dev = resolve_device(device)
+    from cbnotes.training import resolve_compile
+
+    every = checkpoint_seconds(checkpoint_every, dev)
+    options = {"progress": progress, "data_root": data_root, "download": download}
+    options["compile"] = resolve_compile(compile)
     saved = None
     if ckpt.exists():
         try:
             saved = _load_checkpoint(ckpt, config)
         except DamagedCheckpointError as err:
             _restart_note(config.run_id, str(err), _set_aside(ckpt, str(err)))
-    trainer = build_trainer(config, dev, progress=progress, data_root=data_root, download=download)
+    trainer = build_trainer(config, dev, **options)
     state = new_progress()
     if saved is not None:
         try:
@@ -382,13 +447,17 @@ def run_experiment(
         except Exception as err:  # any failure here means a damaged checkpoint
             problem = f"checkpoint {ckpt} is damaged: resuming from it fails with {_why(err)}"
             _restart_note(config.run_id, problem, _set_aside(ckpt, problem))
-            trainer = build_trainer(
-                config, dev, progress=progress, data_root=data_root, download=download
-            )
+            trainer = build_trainer(config, dev, **options)
         else:
             state.update(saved["progress"])
-    _start_session(state, dev, config)
-    final = _train(config, trainer, ckpt, state, after_checkpoint)
+    runtime = {
+        "compile": options["compile"],
+        "checkpoint_every": every,
+        "channels_last": trainer.channels_last,
+    }
+    _start_session(state, dev, config, runtime=runtime)
+    timer = CheckpointTimer(every, trainer.next_epoch)
+    final = _train(config, trainer, ckpt, state, timer, after_checkpoint)
     record = _result_record(config, trainer, final, state, dev)
     write_json_atomic(done, record)
     _delete_checkpoint(ckpt)
@@ -417,13 +486,19 @@ def new_progress() -> dict[str, Any]:
 
 
 def _start_session(
-    state: dict[str, Any], device: Any, config: RunConfig, env: dict[str, Any] | None = None
+    state: dict[str, Any],
+    device: Any,
+    config: RunConfig,
+    env: dict[str, Any] | None = None,
+    runtime: dict[str, Any] | None = None,
 ) -> None:
     """Count a new session and record its environment; warn if the thread count changed.
 
     CPU kernels split work by thread, so a resume with another torch thread count gives a
     result that is correct but not bit-identical to an uninterrupted run. ``env`` is
-    :func:`~cbnotes.provenance.environment` of ``device`` when the caller has it already.
+    :func:`~cbnotes.provenance.environment` of ``device`` when the caller has it already;
+    ``runtime`` (the session's compile mode, checkpoint interval and memory format) is
+    recorded with it.
     """
     env = environment(device) if env is None else env
     sessions = state.setdefault("session_environments", [])
@@ -435,7 +510,7 @@ def _start_session(
             file=sys.stderr,
         )
     state["sessions"] += 1
-    sessions.append({"started": now(), **env})
+    sessions.append({"started": now(), **env, **({"runtime": runtime} if runtime else {})})
 
 
 def _train(
@@ -443,27 +518,30 @@ def _train(
     trainer: Any,
     ckpt: Path,
     state: dict[str, Any],
+    timer: CheckpointTimer,
     after_checkpoint: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train to the end with ``Trainer.fit``, checkpointing each epoch; return the final metrics."""
+    """Train to the end with ``Trainer.fit``, checkpointing when ``timer`` says so; return the
+    final metrics."""
     session_start = time.perf_counter()
     wall_before = state["wall_seconds"]
     train_size = len(trainer.train_loader.data)
 
-    def save(record: dict[str, Any]) -> None:
+    def epoch_end(record: dict[str, Any]) -> None:
         state["train_seconds"] += record["seconds"]
         state["images"] += train_size
         state["wall_seconds"] = wall_before + time.perf_counter() - session_start
-        _save_checkpoint(ckpt, config, trainer, state)
-        if after_checkpoint is not None:
-            after_checkpoint(record["epoch"])
+        if timer.due():
+            _save_checkpoint(ckpt, config, trainer, state)
+            timer.saved(record["epoch"] + 1)
+            if after_checkpoint is not None:
+                after_checkpoint(record["epoch"])
 
     try:
-        trainer.fit(eval_every=config.eval_every, on_epoch_end=save, desc=config.label)
+        trainer.fit(eval_every=config.eval_every, on_epoch_end=epoch_end, desc=config.label)
     except KeyboardInterrupt:
         print(
-            f"\ninterrupted: {config.run_id} has {trainer.next_epoch} of {config.epochs} epochs "
-            f"saved; run again to resume from {ckpt}",
+            f"\ninterrupted: {config.run_id} has {timer.describe(config.epochs, ckpt)}",
             file=sys.stderr,
         )
         raise
@@ -559,8 +637,11 @@ def run_sweep(
 ) -> pd.DataFrame:
     """Run every config (finished ones are skipped), write ``summary.csv``; return their rows.
 
-    ``kwargs`` go to :func:`run_experiment`. ``out_dir/summary.csv`` lists every finished run
-    in ``out_dir`` (also those of earlier sweeps); it is written only when that list changed.
+    ``kwargs`` go to :func:`run_experiment` (and :func:`cbnotes.packs.run_pack`): device,
+    progress, data folder and download, and the runtime options ``compile`` and
+    ``checkpoint_every``, which leave run ids alone. ``out_dir/summary.csv`` lists every
+    finished run in ``out_dir`` (also those of earlier sweeps); it is written only when that
+    list changed.
     The returned DataFrame holds only these configs. A run that fails for a reason of its own
     (:class:`RunError`, ``FloatingPointError``) is reported on stderr and the sweep goes on;
     at the end a :class:`SweepError` lists the failed runs. Anything else (a results folder

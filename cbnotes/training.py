@@ -5,11 +5,16 @@ scaled by batch/128, linear warm-up over the first 5 epochs, ×0.01 at epoch 160
 at epoch 180 (1 → 0.01 → 0.0001), weight decay 2e-4. These match the authors' TensorFlow code
 (``cifar_main.py`` run with ``--learning-rate-multiplier 1 0.01 0.0001``).
 
-The :class:`Trainer` keeps the GPU busy: the loss is summed on the device and read once per
-epoch, the learning rate is stepped per iteration by a ``torch.optim`` scheduler, and mixed
-precision (bf16, or fp16 with a gradient scaler) is chosen from the device. Its state (model,
-optimizer, scheduler, scaler, history) holds only tensors and plain Python values, so a
-checkpoint written with ``torch.save`` loads with ``torch.load(path, weights_only=True)``.
+The :class:`Trainer` keeps the GPU busy: a training step never waits for the device (the loss
+is summed there and read once per epoch; the learning rate is a tensor that a ``torch.optim``
+scheduler fills in place every iteration; SGD is one fused kernel on CUDA, whose gradient-scaler
+check stays on the device too), mixed precision (bf16, or fp16 with a gradient scaler) is chosen
+from the device, and on CUDA the model and batches are channels-last with cuDNN's autotuner on.
+On the CPU the step is torch's ``foreach`` SGD, bit for bit the per-parameter loop it replaces
+(tested), in the default memory format (channels-last would be faster there but round
+differently, see :class:`Trainer`). Its state (model, optimizer, scheduler, scaler,
+history) holds only tensors and plain Python values, so a checkpoint written with
+``torch.save`` loads with ``torch.load(path, weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from cbnotes.metrics import confusion_matrix, summarize
 
 __all__ = [
     "AMP_MODES",
+    "COMPILE_MODES",
+    "SGD_STEPS",
     "PaperLrFactor",
     "Recipe",
     "Trainer",
@@ -60,6 +67,14 @@ _STATE_KEYS = (
     "last_evaluation",
 )
 _POSTFIX_EVERY = 50  # progress-bar postfix updates (no host sync) every this many steps
+#: ``torch.compile`` modes a Trainer accepts (``compile=True`` is "default").
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: How :func:`build_optimizer` runs the SGD step. "auto": "fused" on CUDA, "foreach" elsewhere,
+#: both with a tensor learning rate; "for-loop": torch's per-parameter loop with a float
+#: learning rate, the step before issue 9 (benchmarks compare against it).
+SGD_STEPS = ("auto", "fused", "foreach", "for-loop")
+#: A tensor learning rate that SGD reads on the device (torch >= 2.5); older torch gets a float.
+_TENSOR_LR = torch.torch_version.TorchVersion(torch.__version__) >= (2, 5)
 
 
 def _is_int(value: Any) -> bool:
@@ -198,14 +213,22 @@ class Recipe:
         return cls(**dict(data))
 
 
-def build_optimizer(model: nn.Module, recipe: Recipe, loss_type: str) -> torch.optim.SGD:
+def build_optimizer(
+    model: nn.Module, recipe: Recipe, loss_type: str, *, step: str = "auto"
+) -> torch.optim.SGD:
     """SGD with momentum and weight decay on every trainable parameter except those the method
     exempts (:attr:`cbnotes.methods.Method.decay_exempt`: ``fc.bias`` for sigmoid and focal).
+
+    ``step`` (:data:`SGD_STEPS`) picks the implementation; "auto" is one fused kernel on CUDA
+    and torch's ``foreach`` step elsewhere, each group with its own learning-rate tensor on the
+    parameters' device (float64 on the CPU, where the update is then bit for bit that of the
+    per-parameter loop with a Python float; float32 on CUDA, which the fused kernel reads), so
+    a scheduler fills it in place and the step never reads it on the host.
 
     "Every trainable parameter" means conv and linear weights, the head bias, and the BatchNorm
     scales γ and shifts β. The authors' TensorFlow code decays every trainable variable
     (``tf.trainable_variables()``) and, for sigmoid and focal losses, every one except the dense
-    bias, whose prior initialization -log(C-1) would otherwise be pulled toward 0 (paper.md).
+    bias, whose prior initialization -log(C-1) would otherwise be pulled toward 0.
     PyTorch's ``weight_decay=λ`` adds λ·w to the gradient, the same update as TF's
     λ·``l2_loss(w)`` = λ·‖w‖²/2 term in the loss.
     """
@@ -224,13 +247,79 @@ def build_optimizer(model: nn.Module, recipe: Recipe, loss_type: str) -> torch.o
     groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": recipe.weight_decay}]
     if exempt:
         groups.append({"params": exempt, "weight_decay": 0.0})
+    device = next(iter(named.values())).device if named else torch.device("cpu")
+    kind = _sgd_step(step, device)
+    for group in groups:
+        group["lr"] = _lr_value(recipe.lr, kind, device)
     return torch.optim.SGD(
         groups,
         lr=recipe.lr,
         momentum=recipe.momentum,
         weight_decay=recipe.weight_decay,
         nesterov=recipe.nesterov,
+        **({"foreach": False} if kind == "for-loop" else {kind: True}),
     )
+
+
+def _sgd_step(step: str, device: torch.device) -> str:
+    """The SGD implementation ``step`` (:data:`SGD_STEPS`) means on ``device``."""
+    if step not in SGD_STEPS:
+        raise ValueError(f"step must be one of {SGD_STEPS}, got {step!r}")
+    if step == "auto":
+        return "fused" if device.type == "cuda" else "foreach"
+    return step
+
+
+def _lr_value(lr: float, kind: str, device: torch.device) -> float | torch.Tensor:
+    """A param group's learning rate: a tensor on ``device`` (float64 on the CPU, float32 on
+    CUDA, whose fused kernel reads float), or the float itself for the for-loop step."""
+    if kind == "for-loop" or not _TENSOR_LR:
+        return float(lr)
+    dtype = torch.float32 if device.type == "cuda" else torch.float64
+    return torch.tensor(float(lr), dtype=dtype, device=device)
+
+
+def _prime_momentum(optimizer: torch.optim.Optimizer) -> None:
+    """Give every parameter without one a zero momentum buffer.
+
+    Fused SGD allocates its buffers uninitialized at the first step and fills them in the
+    kernel, which skips everything when a gradient scaler found an overflow: the next step
+    would read garbage. With zero buffers the first update is the same (0.9·0 + g = g) and a
+    skipped one changes nothing.
+    """
+    for group in optimizer.param_groups:
+        if group["momentum"]:
+            for p in group["params"]:
+                state = optimizer.state[p]
+                if state.get("momentum_buffer") is None:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+
+
+def _match_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give every loaded momentum buffer its parameter's memory layout.
+
+    A checkpoint written in another layout (by a CPU run, or before channels-last on CUDA)
+    loads its buffers with their own strides; fused SGD needs them to match the parameters'.
+    """
+    for p, state in optimizer.state.items():
+        buf = state.get("momentum_buffer")
+        if isinstance(buf, torch.Tensor) and buf.stride() != p.stride():
+            state["momentum_buffer"] = torch.empty_like(p).copy_(buf)
+
+
+def _keep_lr_tensors(optimizer: torch.optim.Optimizer, live: Sequence[Any]) -> None:
+    """After ``optimizer.load_state_dict``: give each group back its live learning-rate
+    tensor (``live``, one per group, as before loading) holding the loaded value.
+
+    ``load_state_dict`` replaces the groups with the saved ones, whose learning rate is a
+    float (a checkpoint of an older version) or a tensor on the CPU (``map_location``); the
+    step needs its own tensor on the device, and a captured CUDA graph the same object.
+    """
+    for group, tensor in zip(optimizer.param_groups, live, strict=True):
+        if isinstance(tensor, torch.Tensor):
+            value = group["lr"]
+            tensor.fill_(value.item() if isinstance(value, torch.Tensor) else float(value))
+            group["lr"] = tensor
 
 
 class PaperLrFactor:
@@ -281,6 +370,11 @@ def build_scheduler(
         milestone_steps=[e * steps_per_epoch for e in recipe.decay_epochs],
         decay_factor=recipe.decay_factor,
     )
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            # A float base lr: the scheduler computes every lr in Python float64, the same
+            # numbers as with a float lr, and fills them into the group's tensor.
+            group.setdefault("initial_lr", group["lr"].item())
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -333,6 +427,39 @@ def _resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
+def resolve_compile(compile: bool | str | None) -> str | None:
+    """The ``torch.compile`` mode of the ``compile`` option: None (off) for False/None/"off",
+    "default" for True, else one of :data:`COMPILE_MODES`."""
+    if compile is None or compile is False or compile == "off":
+        return None
+    if compile is True:
+        return "default"
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be True/False or one of {COMPILE_MODES}, got {compile!r}")
+    return compile
+
+
+def compile_model(model: nn.Module, mode: str | None) -> nn.Module:
+    """``model`` wrapped in ``torch.compile`` with ``mode`` (None: the model itself)."""
+    if mode is None:
+        return model
+    return torch.compile(model, mode=None if mode == "default" else mode)
+
+
+def tune_backends(device: torch.device) -> None:
+    """On CUDA, let cuDNN pick the fastest convolution algorithms for the shapes it sees
+    (``torch.backends.cudnn.benchmark``; a process-wide setting). Nothing elsewhere."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def _mark_step(mode: str | None, device: torch.device) -> None:
+    """Tell cudagraph trees that a new iteration begins: the compile modes that replay CUDA
+    graphs ("reduce-overhead", "max-autotune") overwrite their outputs at the next replay."""
+    if device.type == "cuda" and mode in ("reduce-overhead", "max-autotune"):
+        torch.compiler.cudagraph_mark_step_begin()
+
+
 class Trainer:
     """Train a classifier with the paper's recipe and evaluate it on the balanced test set.
 
@@ -341,8 +468,15 @@ class Trainer:
     loss (e.g. :class:`cbnotes.losses.ClassBalancedLoss`) and is evaluated in fp32. Loaders yield
     ``(images, labels)`` batches and have ``set_epoch`` and ``len``. ``train_counts`` are the
     training images per class (for the many/medium/few-shot accuracies). ``amp``: "auto" (see
-    :func:`pick_amp_dtype`), "off", "bf16" or "fp16" (CUDA only). ``compile=True`` wraps the
-    model in ``torch.compile`` (meant for CUDA; checkpoints keep the uncompiled names).
+    :func:`pick_amp_dtype`), "off", "bf16" or "fp16" (CUDA only). ``compile``: True or a mode
+    of :data:`COMPILE_MODES` wraps the model in ``torch.compile`` (meant for CUDA; checkpoints
+    keep the uncompiled names). ``channels_last``: the model and its batches in channels-last
+    memory format; None (default) means on CUDA only. On the CPU it is faster for the CPU
+    study's model (1.16x in CPU time with 2 threads, ``benchmarks/bench_training.py``) but
+    rounds differently, which training amplifies as much as another CPU does: the committed
+    CPU runs (and checkpoints written before) would no longer repeat bit for bit, so it is
+    off there unless asked for. On CUDA the Trainer also turns on cuDNN's autotuner
+    (:func:`tune_backends`).
 
     :meth:`train_epoch` appends one record per epoch to :attr:`history`; :meth:`evaluate`
     writes the test top-1 error into the latest record; :meth:`fit` runs both to the end.
@@ -362,8 +496,9 @@ class Trainer:
         train_counts: Sequence[int],
         amp: str = "auto",
         progress: bool = True,
-        compile: bool = False,
+        compile: bool | str = False,
         posthoc_tau: float | None = None,
+        channels_last: bool | None = None,
     ) -> None:
         get_method(loss_type)
         if not isinstance(recipe, Recipe):
@@ -394,8 +529,14 @@ class Trainer:
             raise ValueError("train_loader has no batches; check the dataset and batch size")
         self.device = torch.device(device)
         self.amp_dtype = _resolve_amp(amp, self.device)
+        self.compile_mode = resolve_compile(compile)
+        self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
+        self.memory_format = torch.channels_last if self.channels_last else torch.preserve_format
+        tune_backends(self.device)
         self.model = model.to(self.device)
-        self._forward = torch.compile(self.model) if compile else self.model
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self._forward = compile_model(self.model, self.compile_mode)
         self.loss_fn = loss_fn.to(self.device) if isinstance(loss_fn, nn.Module) else loss_fn
         self.train_loader = train_loader
         self.test_loader = test_loader
@@ -411,8 +552,25 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
+        self._prime_momentum()
         self.history: list[dict[str, Any]] = []
         self.last_evaluation: dict[str, Any] | None = None
+
+    def _prime_momentum(self) -> None:
+        """Fused SGD under a gradient scaler starts from zero momentum buffers
+        (:func:`_prime_momentum`)."""
+        if self.scaler.is_enabled() and self.optimizer.defaults.get("fused"):
+            _prime_momentum(self.optimizer)
+
+    def _lr(self) -> float:
+        """The learning rate of the next step (the first group's), computed on the host as the
+        scheduler computes it: reading the group's tensor would wait for the device."""
+        scheduler = self.scheduler
+        return float(scheduler.base_lrs[0]) * scheduler.lr_lambdas[0](scheduler.last_epoch)
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch on the device, in the model's memory format."""
+        return x.to(self.device, non_blocking=True, memory_format=self.memory_format)
 
     @property
     def next_epoch(self) -> int:
@@ -429,8 +587,9 @@ class Trainer:
         """Train epoch ``epoch`` (= :attr:`next_epoch`) and append its record to :attr:`history`.
 
         Returns the record: epoch, mean train loss, last lr used, images/s, seconds, and
-        ``top1_error`` (None until :meth:`evaluate` fills it in). The loss is summed on the
-        device and read once at the end (one host sync per epoch).
+        ``top1_error`` (None until :meth:`evaluate` fills it in). No step waits for the device:
+        the loss is summed there and read once at the end (one host sync per epoch), and the
+        learning rate shown and recorded is computed on the host.
         """
         if not _is_int(epoch) or epoch != self.next_epoch:
             raise ValueError(
@@ -446,7 +605,7 @@ class Trainer:
             set_loss_epoch(epoch)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float32)
         images = 0
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = self._lr()
         start = time.perf_counter()
         bar = tqdm(
             self.train_loader,
@@ -456,8 +615,9 @@ class Trainer:
             disable=not self.progress,
         )
         for step, (x, y) in enumerate(bar):
-            x = x.to(self.device, non_blocking=True)
+            x = self._input(x)
             y = y.to(self.device, non_blocking=True)
+            _mark_step(self.compile_mode, self.device)
             with self._autocast():
                 logits = self._forward(x)
             loss = self.loss_fn(logits.float(), y)
@@ -465,7 +625,7 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            lr = self.optimizer.param_groups[0]["lr"]
+            lr = self._lr()
             self.scheduler.step()
             loss_sum += loss.detach() * x.shape[0]
             images += x.shape[0]
@@ -507,7 +667,8 @@ class Trainer:
         preds, adjusted, targets = [], [], []
         try:
             for x, y in self.test_loader:
-                x = x.to(self.device, non_blocking=True)
+                x = self._input(x)
+                _mark_step(self.compile_mode, self.device)
                 with self._autocast():
                     logits = self._forward(x)
                 preds.append(logits.argmax(dim=1))
@@ -622,10 +783,21 @@ class Trainer:
                 f"checkpoint lr schedule {saved} differs from this trainer's {current}; "
                 "the train loader must have the same number of batches per epoch"
             )
+        live = [group["lr"] for group in self.optimizer.param_groups]
+        settings = [
+            {k: group[k] for k in ("foreach", "fused") if k in group}
+            for group in self.optimizer.param_groups
+        ]
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, own in zip(self.optimizer.param_groups, settings, strict=True):
+            group.update(own)  # this device's step, whatever device wrote the checkpoint
+        _keep_lr_tensors(self.optimizer, live)
+        _match_layouts(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.base_lrs = [float(lr) for lr in self.scheduler.base_lrs]
         if self.scaler.is_enabled() and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
+        self._prime_momentum()
         self.history = copy.deepcopy(list(state["history"]))
         self.last_evaluation = copy.deepcopy(state["last_evaluation"])

@@ -238,3 +238,58 @@ def test_figures_can_write_elsewhere(tmp_path, capsys):
     assert main(["figures", "--out", str(tmp_path / "study"), "--to", str(target)]) == 0
     assert sorted(p.name for p in target.iterdir()) == ["per_class.png", "results.png"]
     assert not (tmp_path / "study" / "figures").exists()
+
+
+def test_speed_options_reach_the_runner_without_changing_the_runs(tmp_path, monkeypatch):
+    from cbnotes import runner
+
+    calls = []
+
+    def fake_sweep(configs, out, **options):
+        calls.append(([c.run_id for c in configs], options))
+        return pd.DataFrame()
+
+    monkeypatch.setattr(runner, "run_sweep", fake_sweep)
+    base = ["run", "--preset", "smoke", "--out", str(tmp_path), "--device", "cpu"]
+    assert main(base) == 0
+    assert main([*base, "--compile", "--checkpoint-every", "120"]) == 0
+    assert main([*base, "--compile", "reduce-overhead"]) == 0
+    (ids, plain), (same_ids, fast), (_, graphs) = calls
+    assert same_ids == ids  # runtime options do not rename runs
+    assert (plain["compile"], plain["checkpoint_every"]) == (False, None)
+    assert (fast["compile"], fast["checkpoint_every"]) == ("default", 120.0)
+    assert graphs["compile"] == "reduce-overhead"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--compile", "fastest"], "--compile takes no value or one of default"),
+        (["--checkpoint-every", "-5"], "--checkpoint-every must be a number of seconds >= 0"),
+    ],
+)
+def test_bad_speed_options_are_one_line_errors(argv, message, tmp_path, capsys):
+    for command in (["run", "--preset", "smoke"], ["run-one", "--dataset", "synthetic"]):
+        assert main([*command, *argv, "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err
+        assert len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_command_line_lets_idle_openmp_threads_sleep_before_torch_loads(given, expected):
+    """OMP_WAIT_POLICY=PASSIVE unless the environment sets it, before torch is imported (its
+    OpenMP runtime reads the variable once, when it loads)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    code = (
+        "import os, sys, cbnotes.cli\nprint(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == [expected, "False"]

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "device_check.sh"
-STEPS = ["cuda_tests", "bench", "bench_channels_last", "amp", "paper"]
+STEPS = ["cuda_tests", "bench", "bench_channels_last", "amp", "paper", "bench_training"]
 
 
 @pytest.mark.slow
@@ -36,9 +36,13 @@ def test_dry_run_passes_every_step_and_writes_its_reports(tmp_path):
     assert report["amp"]["bf16"]["trainer"]["master_dtype"] == "torch.float32"
     assert len(report["paper"]["pack"]["members"]) == 4
     assert report["paper"]["run"]["history"][-1]["epoch"] == 1  # two epochs
+    names = [c["name"] for c in report["bench_training"]["comparisons"]]
+    assert names == ["sgd", "sgd_step", "channels_last", "checkpoint", "omp_passive"]
+    assert all(c["ratio"] > 0 for c in report["bench_training"]["comparisons"])
     markdown = (out / "report.md").read_text()
     assert "all steps passed" in markdown
     assert "| 4 |" in markdown  # the pack-size table
+    assert "| omp_passive |" in markdown  # the training-step table
 
 
 def test_usage_errors_exit_2(tmp_path):

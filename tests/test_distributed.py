@@ -16,7 +16,7 @@ import torch
 from cbnotes import distributed
 from cbnotes.cli import main
 from cbnotes.presets import get_preset
-from cbnotes.results import read_result, result_path
+from cbnotes.results import frame, read_result, result_path
 from cbnotes.runner import run_sweep
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'cbnotes[ray]'")
@@ -121,9 +121,27 @@ def test_without_ray_the_backend_says_how_to_install_it(monkeypatch, tmp_path, c
 def test_the_ray_options_are_checked(tmp_path):
     with pytest.raises(ValueError, match="runs_per_gpu must be an integer >= 1"):
         distributed.run_sweep_ray(get_preset("smoke"), tmp_path, runs_per_gpu=0)
+    with pytest.raises(ValueError, match="cpus_per_run must be an integer >= 1"):
+        distributed.run_sweep_ray(get_preset("smoke"), tmp_path, cpus_per_run=0)
     with pytest.raises(ValueError, match="configs is empty"):
         distributed.run_sweep_ray([], tmp_path)
     assert json.loads(json.dumps(distributed._resources("cuda", 1, 4))) == {
         "num_cpus": 1,
         "num_gpus": 0.25,
     }
+
+
+def test_the_cli_passes_the_cores_of_each_run_to_ray(monkeypatch, tmp_path):
+    """--cpus-per-run sets each task's cores and torch threads (a run's numbers depend on its
+    thread count: the local runner's count reproduces its files exactly)."""
+    seen = {}
+
+    def fake_sweep(configs, out_dir, **kwargs):
+        seen.update(kwargs)
+        return frame([])
+
+    monkeypatch.setattr(distributed, "run_sweep_ray", fake_sweep)
+    args = ["run", "--preset", "smoke", "--backend", "ray", "--out", str(tmp_path)]
+    assert main([*args, "--cpus-per-run", "2", "--workers", "2"]) == 0
+    assert seen["cpus_per_run"] == 2
+    assert seen["workers"] == 2

@@ -438,3 +438,136 @@ def test_summary_csv_is_written_only_when_its_content_changes(tmp_path):
     assert (tmp_path / "s.csv").stat().st_mtime_ns == before
     assert _files.write_text_if_changed(tmp_path / "s.csv", "b\n") is True
     assert (tmp_path / "s.csv").read_text() == "b\n"
+
+
+# ----------------------------------------------------------------------------- runtime options
+
+#: What depends on the clock or the session, not on the training.
+RECORD_VOLATILE = (
+    "environment",
+    "session_environments",
+    "started",
+    "finished",
+    "wall_seconds",
+    "train_seconds",
+    "images_per_second",
+    "sessions",
+)
+
+
+def _trained(path: Path) -> dict:
+    """A result file without its clocks, sessions and environment: what training determines."""
+    record = json.loads(path.read_text(encoding="utf-8"))
+    history = [
+        {k: v for k, v in h.items() if k not in ("seconds", "images_per_s")}
+        for h in record["history"]
+    ]
+    return {**{k: v for k, v in record.items() if k not in RECORD_VOLATILE}, "history": history}
+
+
+def test_runtime_options_are_not_run_config_fields():
+    """compile and checkpoint_every change the speed, not the run: not hashed, not stored."""
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    assert not fields & {"compile", "checkpoint_every", "channels_last"}
+
+
+def test_compile_reaches_the_trainer_keeps_the_run_id_and_is_recorded(tmp_path, monkeypatch):
+    from cbnotes import training
+
+    modes = []
+
+    def fake_compile(model, mode):
+        modes.append(mode)
+        return model
+
+    monkeypatch.setattr(training, "compile_model", fake_compile)
+    record = run_experiment(TINY, tmp_path, device="cpu", progress=False, compile=True)
+    assert modes == ["default"]
+    assert record["run_id"] == TINY.run_id
+    assert result_path(tmp_path, TINY).exists()
+    assert record["session_environments"][-1]["runtime"] == {
+        "compile": "default",
+        "checkpoint_every": 0.0,
+        "channels_last": False,
+    }
+    with pytest.raises(ValueError, match="compile must be"):
+        run_experiment(dataclasses.replace(TINY, seed=5), tmp_path, device="cpu", compile="x")
+
+
+def test_checkpoint_seconds_default_by_device_and_reject_bad_values():
+    from cbnotes.runner import checkpoint_seconds
+
+    assert checkpoint_seconds(None, torch.device("cpu")) == 0.0
+    assert checkpoint_seconds(None, torch.device("cuda")) == 60.0
+    assert checkpoint_seconds(30, torch.device("cuda")) == 30.0
+    for bad in (-1, float("nan"), "60", True):
+        with pytest.raises(ValueError, match="checkpoint_every"):
+            checkpoint_seconds(bad, torch.device("cpu"))
+
+
+def test_time_based_checkpoints_resume_to_the_same_result_file(tmp_path, monkeypatch):
+    """Every epoch takes 6 s by a fake clock and checkpoints come at most every 10 s: the one
+    written after epoch 1 (12 s) holds 2 epochs; Ctrl-C in epoch 3 and a resume from it end
+    with the result file of an uninterrupted run, bit for bit (but for clocks and sessions)."""
+    from cbnotes import runner
+
+    config = dataclasses.replace(TINY, epochs=4)
+    run_experiment(config, tmp_path / "straight", device="cpu", progress=False)
+    clock = [0.0]
+    monkeypatch.setattr(runner, "_monotonic", lambda: clock[0])
+    original = Trainer.train_epoch
+    interrupt_at, trained = [3], []
+
+    def six_seconds(self, epoch):
+        if epoch == interrupt_at[0]:
+            raise KeyboardInterrupt
+        trained.append(epoch)
+        clock[0] += 6.0
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", six_seconds)
+    out, saved = tmp_path / "timed", []
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(
+            config,
+            out,
+            device="cpu",
+            progress=False,
+            checkpoint_every=10,
+            after_checkpoint=saved.append,
+        )
+    assert saved == [1]  # not after epoch 0 (6 s) nor after epoch 2 (6 s after the save)
+    state = torch.load(checkpoint_path(out, config), weights_only=True)
+    assert len(state["trainer"]["history"]) == 2
+    interrupt_at[0], trained[:] = None, []
+    resumed = run_experiment(config, out, device="cpu", progress=False, checkpoint_every=10)
+    assert trained == [2, 3]
+    assert resumed["sessions"] == 2
+    assert not checkpoint_path(out, config).exists()
+    straight = _trained(result_path(tmp_path / "straight", config))
+    assert _trained(result_path(out, config)) == straight
+
+
+def test_an_interruption_before_the_first_time_based_checkpoint_says_so(
+    tmp_path, monkeypatch, capsys
+):
+    original = Trainer.train_epoch
+
+    def interrupt_at_epoch_1(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupt_at_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(TINY, tmp_path, device="cpu", progress=False, checkpoint_every=3600)
+    assert not checkpoint_path(tmp_path, TINY).exists()
+    assert f"{TINY.run_id} has no epoch of 2 saved yet" in capsys.readouterr().err
+
+
+def test_the_headline_is_the_last_epoch_when_evaluating_every_k_epochs(tmp_path):
+    config = dataclasses.replace(TINY, epochs=3, eval_every=2)
+    record = run_experiment(config, tmp_path, device="cpu", progress=False)
+    assert [h["top1_error"] is not None for h in record["history"]] == [False, True, True]
+    assert record["top1_error"] == record["history"][-1]["top1_error"]
+    assert record["top1_error"] == record["final_metrics"]["top1_error"]

@@ -288,3 +288,21 @@ def test_dry_run_shows_the_packs_and_the_cpu_default(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"pack of 2: {SMOKE[0].run_id} {SMOKE[1].run_id}" in out
     assert "--fused: 1 pack(s) of up to 2 runs, 1 run(s) alone" in out
+
+
+def test_a_fused_sweep_checkpoints_by_time_too(fused, tmp_path, monkeypatch):
+    """--checkpoint-every reaches the pack: with an hour between checkpoints a 2-epoch pack
+    writes none, and ends with the results of the pack that checkpointed every epoch."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a pack checkpoint was written before its time")
+
+    monkeypatch.setattr(packs, "_save_pack_checkpoint", refuse)
+    out = tmp_path / "out"
+    assert _run("--out", str(out), "--fused", "--pack-size", "3", "--checkpoint-every", "3600") == 0
+    timed, straight = _records(out), _records(fused)
+    assert {k: _trained(v) for k, v in timed.items()} == {
+        k: _trained(v) for k, v in straight.items()
+    }
+    runtime = next(iter(timed.values()))["session_environments"][-1]["runtime"]
+    assert runtime == {"compile": None, "checkpoint_every": 3600.0, "channels_last": False}

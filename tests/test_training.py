@@ -412,3 +412,284 @@ def test_seed_everything_fixes_the_initialization():
     assert not torch.equal(a.conv1.weight, c.conv1.weight)
     with pytest.raises(ValueError, match="seed"):
         seed_everything(-1)
+
+
+# ----------------------------------------------------------------------------- the step (issue 9)
+
+
+def _momentum(trainer):
+    return {
+        name: trainer.optimizer.state[p]["momentum_buffer"].clone()
+        for name, p in trainer.model.named_parameters()
+    }
+
+
+@pytest.mark.parametrize("loss_type", ["softmax", "focal"])  # focal: two weight-decay groups
+def test_the_default_cpu_step_is_bitwise_the_for_loop_with_a_float_lr(loss_type):
+    """foreach SGD with a float64 lr tensor updates exactly as torch's per-parameter loop with
+    a Python float lr (the step of every committed CPU run), schedule included."""
+    loop, default = _trainer(epochs=3, loss_type=loss_type), _trainer(epochs=3, loss_type=loss_type)
+    loop.optimizer = build_optimizer(loop.model, loop.recipe, loss_type, step="for-loop")
+    loop.scheduler = build_scheduler(loop.optimizer, loop.recipe, loop.steps_per_epoch)
+    assert loop.optimizer.param_groups[0]["foreach"] is False
+    assert default.optimizer.param_groups[0]["foreach"] is True
+    loop.fit()
+    default.fit()
+    _assert_bitwise_equal(_weights(default), _weights(loop))
+    _assert_bitwise_equal(_momentum(default), _momentum(loop))
+    pairs = zip(loop.history, default.history, strict=True)
+    assert default.history == [{**h, **_timing(d)} for h, d in pairs]
+
+
+def _timing(record):
+    return {k: record[k] for k in ("seconds", "images_per_s")}
+
+
+def test_the_learning_rate_is_one_tensor_per_group_filled_in_place_with_the_same_numbers():
+    trainer = _trainer(epochs=3)
+    tensors = [g["lr"] for g in trainer.optimizer.param_groups]
+    assert all(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in tensors)
+    expected = _lrs(trainer.recipe, trainer.steps_per_epoch)  # a float lr, as before
+    seen = []
+    for _ in range(len(expected)):
+        seen.append(trainer.optimizer.param_groups[0]["lr"].item())
+        assert trainer._lr() == seen[-1]
+        trainer.optimizer.step()
+        trainer.scheduler.step()
+    assert seen == expected
+    assert all(g["lr"] is t for g, t in zip(trainer.optimizer.param_groups, tensors, strict=True))
+
+
+def test_resume_keeps_the_live_lr_tensor_and_the_step_and_reads_older_checkpoints(tmp_path):
+    """A checkpoint of an older version (float lr, default step) resumes exactly, with this
+    trainer's own lr tensor and foreach step."""
+    straight = _trainer(epochs=2)
+    straight.fit()
+    first = _trainer(epochs=2)
+    first.fit(1)
+    state = first.state_dict()
+    old = dict(state, optimizer=json.loads(json.dumps(_plain_groups(state["optimizer"]))))
+    old["optimizer"]["state"] = state["optimizer"]["state"]
+    resumed = _trainer(epochs=2)
+    tensors = [g["lr"] for g in resumed.optimizer.param_groups]
+    resumed.load_state_dict(old)
+    assert all(g["lr"] is t for g, t in zip(resumed.optimizer.param_groups, tensors, strict=True))
+    assert all(g["foreach"] is True for g in resumed.optimizer.param_groups)
+    assert all(isinstance(lr, float) for lr in resumed.scheduler.base_lrs)
+    resumed.fit()
+    _assert_bitwise_equal(_weights(resumed), _weights(straight))
+
+
+def test_resume_gives_momentum_buffers_the_layout_of_the_parameters():
+    """A checkpoint of a run in the default layout resumed channels-last (as a CPU or older
+    CUDA checkpoint on CUDA): the buffers follow the parameters, the numbers are kept."""
+    first = _trainer(epochs=2)
+    first.fit(1)
+    resumed = _trainer(epochs=2, channels_last=True)
+    resumed.load_state_dict(first.state_dict())
+    for name, p in resumed.model.named_parameters():
+        buf = resumed.optimizer.state[p]["momentum_buffer"]
+        assert buf.stride() == p.stride(), name
+    _assert_bitwise_equal(_momentum(resumed), _momentum(first))
+
+
+def _plain_groups(optimizer_state):
+    """An optimizer state dict as torch wrote it before issue 9: float lr, foreach None."""
+    groups = []
+    for group in optimizer_state["param_groups"]:
+        plain = {k: v for k, v in group.items() if k != "lr"}
+        plain.update(lr=float(group["lr"]), foreach=None, fused=None)
+        groups.append(plain)
+    return {"param_groups": groups}
+
+
+def test_a_training_step_reads_nothing_from_the_device():
+    """Per step, the Trainer itself never reads a tensor on the host (item, float, bool, int,
+    tolist, cpu, format): an epoch of 6 steps reads as much as one of 2 (once per epoch)."""
+    from torch.overrides import TorchFunctionMode
+
+    reads = {"item", "__float__", "__bool__", "__int__", "tolist", "cpu", "__format__", "numpy"}
+
+    class Recorder(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.count += getattr(func, "__name__", "") in reads
+            return func(*args, **(kwargs or {}))
+
+    counts = []
+    for batch_size in (24, 8):  # 48 images: 2 and 6 steps
+        trainer = _trainer(epochs=1, batch_size=batch_size)
+        trainer.loss_fn = nn.CrossEntropyLoss()  # the CB loss checks labels on the CPU only
+        with Recorder() as recorder:
+            trainer.train_epoch(0)
+        counts.append(recorder.count)
+    assert counts[0] == counts[1] <= 2, counts
+
+
+def test_fused_sgd_with_primed_momentum_survives_a_skipped_first_step():
+    """A gradient scaler skips an overflowing step inside the fused kernel; fused SGD would
+    then keep uninitialized momentum buffers. Primed with zeros, the skipped step changes
+    nothing and the next one is stock SGD's first step (CPU fused kernel and scaler)."""
+    from cbnotes.training import _prime_momentum
+
+    model = _tiny_model()
+    reference = _tiny_model()
+    fused = build_optimizer(model, Recipe(), "softmax", step="fused")
+    stock = build_optimizer(reference, Recipe(), "softmax", step="for-loop")
+    _prime_momentum(fused)
+    assert all(
+        torch.equal(fused.state[p]["momentum_buffer"], torch.zeros_like(p))
+        for p in model.parameters()
+    )
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.scale(torch.ones(()))  # the scaler starts at its first scale()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    for p in model.parameters():
+        p.grad = torch.full_like(p, float("inf"))
+    scaler.step(fused)
+    scaler.update()
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+    assert all(not fused.state[p]["momentum_buffer"].any() for p in model.parameters())
+    grads = [torch.randn_like(p) for p in model.parameters()]
+    for p, q, g in zip(model.parameters(), reference.parameters(), grads, strict=True):
+        p.grad, q.grad = g * scaler.get_scale(), g.clone()
+    scaler.scale(torch.ones(()))
+    scaler.step(fused)
+    stock.step()
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("step", ["for-loop", "foreach", "fused"])
+def test_every_sgd_step_keeps_the_weight_decay_groups(step):
+    model = _tiny_model()
+    optimizer = build_optimizer(model, Recipe(), "focal", step=step)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [2e-4, 0.0]
+    assert optimizer.param_groups[1]["params"] == [model.fc.bias]
+    with pytest.raises(ValueError, match="step must be one of"):
+        build_optimizer(model, Recipe(), "focal", step="adam")
+
+
+def test_channels_last_is_off_on_the_cpu_by_default_and_trains_the_same_when_asked():
+    default, last = _trainer(epochs=1), _trainer(epochs=1, channels_last=True)
+    assert default.memory_format == torch.preserve_format
+    assert default.model.conv1.weight.is_contiguous()
+    assert last.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    default.fit()
+    last.fit()
+    for k, v in _weights(default).items():
+        torch.testing.assert_close(_weights(last)[k], v, rtol=1e-4, atol=1e-5)
+
+
+def test_compile_takes_a_mode_and_wraps_the_model(monkeypatch):
+    calls = []
+
+    def fake_compile(model, mode=None):
+        calls.append(mode)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    assert _trainer(compile=True).compile_mode == "default"
+    assert _trainer(compile="reduce-overhead").compile_mode == "reduce-overhead"
+    assert _trainer(compile=False).compile_mode is None
+    assert calls == [None, "reduce-overhead"]
+    with pytest.raises(ValueError, match="compile must be"):
+        _trainer(compile="fastest")
+
+
+def test_fit_evaluates_every_k_epochs_and_after_the_last():
+    trainer = _trainer(epochs=5)
+    history = trainer.fit(eval_every=2)
+    assert [h["top1_error"] is not None for h in history] == [False, True, False, True, True]
+    assert trainer.last_evaluation["top1_error"] == history[-1]["top1_error"]
+
+
+def _cuda_trainer(amp):
+    """A Trainer as the runner builds one on CUDA: data on the device (DeviceLoader), the CB
+    loss; 256 images in 4 batches of 64 (one batch shape: cuDNN autotunes it once)."""
+    from cbnotes.data import ImageSet
+    from cbnotes.pipeline import DeviceLoader
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (256, 3, 16, 16), dtype=torch.uint8, generator=g)
+    y = torch.arange(256) % 3
+    data = ImageSet(x, y, ("a", "b", "c"))
+    counts = data.counts()
+    model = init_head_for_loss(_tiny_model(), "softmax")
+    return Trainer(
+        model,
+        ClassBalancedLoss(counts, loss_type="softmax", beta=0.99),
+        DeviceLoader(data, 64, train=True, device="cuda"),
+        DeviceLoader(data, 128, train=False, device="cuda"),
+        Recipe.scaled(1, batch_size=64),
+        loss_type="softmax",
+        device="cuda",
+        num_classes=3,
+        train_counts=counts,
+        amp=amp,
+        progress=False,
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_cuda_step_is_fused_channels_last_and_never_syncs(amp):
+    """On CUDA: fused SGD with a float32 lr tensor on the device, channels-last model and
+    batches, cuDNN autotuning; after the first step no step synchronizes with the host."""
+    trainer = _cuda_trainer(amp)
+    group = trainer.optimizer.param_groups[0]
+    assert group["fused"] is True
+    assert group["lr"].device.type == "cuda"
+    assert group["lr"].dtype == torch.float32
+    assert trainer.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.backends.cudnn.benchmark
+    trainer.train_loader = _SyncGuard(trainer.train_loader)
+    record = trainer.train_epoch(0)
+    assert math.isfinite(record["train_loss"])
+    assert record["lr"] == pytest.approx(trainer.recipe.lr)
+
+
+class _SyncGuard:
+    """A loader whose batches after the first are trained with CUDA sync debugging on "error":
+    a step that waits for the device raises."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.batch_size = loader.batch_size
+
+    def set_epoch(self, epoch):
+        self.loader.set_epoch(epoch)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        batches = iter(self.loader)
+        yield next(batches)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield from batches
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fp16_overflow_on_the_first_step_leaves_fused_sgd_clean():
+    trainer = _cuda_trainer("fp16")
+    assert trainer.scaler.is_enabled()
+    buffers = [trainer.optimizer.state[p]["momentum_buffer"] for p in trainer.model.parameters()]
+    assert all(not b.any() for b in buffers)  # primed with zeros
+    trainer.scaler = torch.amp.GradScaler("cuda", init_scale=float("inf"))  # it overflows
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    x, y = next(iter(trainer.train_loader))
+    with trainer._autocast():
+        loss = trainer.loss_fn(trainer._forward(trainer._input(x)).float(), y)
+    trainer.scaler.scale(loss).backward()
+    trainer.scaler.step(trainer.optimizer)
+    trainer.scaler.update()
+    for name, p in trainer.model.named_parameters():
+        assert torch.equal(p, start[name]), name
+        assert not trainer.optimizer.state[p]["momentum_buffer"].any(), name
