@@ -34,7 +34,7 @@ PAPER_DATASETS: tuple[str, ...] = ("cifar10", "cifar100")
 
 
 def paper_table2() -> pd.DataFrame:
-    """Table 2 of the paper as a tidy DataFrame (top-1 error in percent, last epoch)."""
+    """Table 2 of the paper as a tidy DataFrame (top-1 error in percent, as printed)."""
     text = resources.files("cbnotes").joinpath("table2.csv").read_text(encoding="utf-8")
     df = pd.read_csv(StringIO(text), dtype={"dataset": str, "method": str, "loss_type": str})
     df["imbalance_factor"] = df["imbalance_factor"].astype(float)

@@ -28,7 +28,7 @@ from cbnotes.data import (
 )
 from cbnotes.imbalance import long_tailed_counts
 
-PAPER_TOTALS = {  # paper.md: IF 200/100/50/20/10/1
+PAPER_TOTALS = {  # Cui et al. 2019, Table 1: IF 200/100/50/20/10/1
     "cifar10": {200: 11203, 100: 12406, 50: 13996, 20: 17023, 10: 20431, 1: 50000},
     "cifar100": {200: 9502, 100: 10847, 50: 12608, 20: 15907, 10: 19573, 1: 50000},
 }
