@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     packs.add_argument(
         "--fused",
         action="store_true",
-        help="train pending runs in packs (local backend only)",
+        help="train pending runs in packs (with --backend ray: one task per pack, on a whole GPU)",
     )
     packs.add_argument(
         "--pack-size",
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="at most N runs per pack (default: 1 on a CPU; on a GPU as many as half its free "
-        "memory holds, at most 16)",
+        "memory holds, at most 16; with --backend ray 8 on GPU workers)",
     )
 
     one = sub.add_parser(
@@ -551,8 +551,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _check_fused(args)
     _check_runtime(args)
     configs = _selected(args)
-    if args.fused and args.pack_size is None:
-        args.pack_size = _default_pack_size(args, configs)
+    if args.fused and args.pack_size is None and args.backend == "local":
+        args.pack_size = _default_pack_size(args, configs)  # Ray picks it on the cluster
     if args.dry_run:
         if Path(args.out).exists():
             check_out_dir(args.out, write=False)
@@ -572,11 +572,6 @@ def _check_fused(args: argparse.Namespace) -> None:
     """UserError for --fused / --pack-size values that cannot work together."""
     if args.pack_size is not None and not args.fused:
         raise UserError("--pack-size sets the size of fused packs: add --fused")
-    if args.fused and args.backend != "local":
-        raise UserError(
-            "--fused trains packs in this process: use it without --backend ray (Ray runs "
-            "--runs-per-gpu unfused runs per GPU instead)"
-        )
     if args.pack_size is not None and args.pack_size < 1:
         raise UserError(f"--pack-size must be >= 1; got {args.pack_size}")
 

@@ -37,6 +37,9 @@ from cbnotes.config import RunConfig
 
 #: Small ResNets leave a GPU mostly idle: by default this many runs share one GPU.
 RUNS_PER_GPU = 4
+#: Runs per fused pack on a GPU worker when none is asked for: a ResNet-32 run at batch 128
+#: needs about 1 GB of activations, so 8 fit a 16 GB T4 (each pack asks for a whole GPU).
+RAY_PACK_SIZE = 8
 #: How often Ray retries a run whose worker died (each retry resumes from the checkpoint).
 MAX_RETRIES = 3
 _MARKER_PREFIX = ".cbnotes-ray-driver-"
@@ -74,18 +77,10 @@ def _crash_once_hook(out_dir: Path, run_id: str) -> Callable[[int], None] | None
     return crash
 
 
-def _task(
-    config: RunConfig,
-    out_dir: str,
-    marker: str,
-    threads: int,
-    options: dict[str, Any],
-) -> dict[str, Any]:
-    """One run on a worker: check the shared folder, train (or resume), return its summary row."""
+def _worker_folder(out_dir: str, marker: str, threads: int) -> Path:
+    """The shared results folder as this worker sees it (a RuntimeError if it cannot see the
+    driver's marker there); sets the worker's torch thread count."""
     import torch
-
-    from cbnotes import runner
-    from cbnotes.results import summary_row
 
     folder = Path(out_dir)
     if not (folder / marker).exists():
@@ -95,16 +90,71 @@ def _task(
             f"storage mounted at the same path on every node"
         )
     torch.set_num_threads(threads)
+    return folder
+
+
+def _task(
+    config: RunConfig,
+    out_dir: str,
+    marker: str,
+    threads: int,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """One run on a worker: check the shared folder, train (or resume), return its summary row."""
+    from cbnotes import runner
+    from cbnotes.results import summary_row
+
+    folder = _worker_folder(out_dir, marker, threads)
     hook = _crash_once_hook(folder, config.run_id)
     record = runner.run_experiment(config, folder, progress=False, after_checkpoint=hook, **options)
     return summary_row(record)
 
 
+def _pack_task(
+    configs: list[RunConfig],
+    out_dir: str,
+    marker: str,
+    threads: int,
+    options: dict[str, Any],
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """A fused pack on a worker (its runs one by one if it cannot be fused, as the local
+    runner does): the summary rows of the runs that finished, and why the others failed."""
+    from cbnotes import runner
+
+    folder = _worker_folder(out_dir, marker, threads)
+    try:
+        df = runner.run_sweep(
+            configs, folder, fused=True, pack_size=len(configs), progress=False, **options
+        )
+    except runner.SweepError as err:
+        return err.results.to_dict("records"), err.failures
+    return df.to_dict("records"), {}
+
+
 def _resources(device: str, cpus_per_run: int, runs_per_gpu: int) -> dict[str, float]:
-    """Ray resource request of one run: a share of a GPU, or CPU cores."""
+    """Ray resource request of one run (a share of a GPU, or CPU cores); a fused pack asks for
+    a whole GPU (``runs_per_gpu=1``)."""
     if device == "cpu":
         return {"num_cpus": cpus_per_run, "num_gpus": 0}
     return {"num_cpus": cpus_per_run, "num_gpus": 1.0 / runs_per_gpu}
+
+
+def _units(
+    configs: list[RunConfig],
+    folder: Path,
+    fused: bool,
+    pack_size: int | None,
+    device: str,
+) -> list[list[RunConfig]]:
+    """What becomes a Ray task: each run alone, or with ``fused`` the packs of
+    :func:`cbnotes.packs.plan_sweep` (``pack_size``, default :data:`RAY_PACK_SIZE` on GPUs
+    and 1 on CPUs, where a pack is no faster) and the runs left alone."""
+    if not fused:
+        return [[c] for c in configs]
+    from cbnotes.packs import plan_sweep
+
+    size = pack_size if pack_size is not None else (RAY_PACK_SIZE if device == "cuda" else 1)
+    return plan_sweep(configs, folder, pack_size=size, device=device)
 
 
 def run_sweep_ray(
@@ -122,8 +172,14 @@ def run_sweep_ray(
     download: bool = False,
     compile: bool | str = False,
     checkpoint_every: float | None = None,
+    fused: bool = False,
+    pack_size: int | None = None,
 ) -> pd.DataFrame:
     """Run every config as a Ray task; write ``summary.csv``; return the rows of ``configs``.
+
+    With ``fused``, pending runs of one dataset and model shape are grouped into packs of up
+    to ``pack_size`` (:mod:`cbnotes.packs`); each pack is one task that asks for a whole GPU
+    (or ``cpus_per_run`` cores) and writes every member's result file.
 
     ``address`` is that of a running Ray cluster ("auto" or "HOST:PORT"); without it a local
     Ray instance is started (``workers`` CPUs, default all), which uses every GPU of this
@@ -154,6 +210,7 @@ def run_sweep_ray(
         ("workers", workers),
         ("cpus_per_run", cpus_per_run),
         ("runs_per_gpu", runs_per_gpu),
+        ("pack_size", pack_size),
     ):
         bad = isinstance(value, bool) or not isinstance(value, int) or value < 1
         if value is not None and bad:
@@ -181,29 +238,38 @@ def run_sweep_ray(
         "compile": compile,
         "checkpoint_every": checkpoint_every,
     }
-    task = ray.remote(_task).options(
+    run_task = ray.remote(_task).options(
         **_resources(device, cpus_per_run, runs_per_gpu), max_retries=max_retries
     )
+    pack_task = ray.remote(_pack_task).options(
+        **_resources(device, cpus_per_run, 1), max_retries=max_retries
+    )
     rows: dict[str, dict[str, Any]] = {}
-    pending: dict[Any, RunConfig] = {}
-    for config in configs:
-        if run_status(config, folder) == "finished":  # nothing is submitted for it
-            rows[config.run_id] = summary_row(read_result(result_path(folder, config)))
+    pending: dict[Any, list[RunConfig]] = {}
+    for unit in _units(configs, folder, fused, pack_size, device):
+        if len(unit) > 1:
+            pending[pack_task.remote(unit, str(folder), marker, cpus_per_run, options)] = unit
+        elif run_status(unit[0], folder) == "finished":  # nothing is submitted for it
+            rows[unit[0].run_id] = summary_row(read_result(result_path(folder, unit[0])))
         else:
-            ref = task.remote(config, str(folder), marker, cpus_per_run, options)
-            pending[ref] = config
+            pending[run_task.remote(unit[0], str(folder), marker, cpus_per_run, options)] = unit
     failed: dict[str, str] = {}
     bar = tqdm(total=len(configs), initial=len(rows), desc="runs", unit="run", disable=not progress)
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
-            config = pending.pop(ready[0])
+            unit = pending.pop(ready[0])
             try:
-                rows[config.run_id] = ray.get(ready[0])
+                result = ray.get(ready[0])
             except Exception as err:  # a run's own failure must not stop the sweep
                 cause = getattr(err, "cause", None) or err
-                failed[config.run_id] = f"{type(cause).__name__}: {cause}".splitlines()[0]
-            bar.update(1)
+                why = f"{type(cause).__name__}: {cause}".splitlines()[0]
+                failed.update({c.run_id: why for c in unit})
+            else:
+                finished, failures = ([result], {}) if len(unit) == 1 else result
+                rows.update({row["run_id"]: row for row in finished})
+                failed.update(failures)
+            bar.update(len(unit))
             bar.set_postfix(done=len(rows), running=len(pending), failed=len(failed))
     except KeyboardInterrupt:
         for ref in pending:

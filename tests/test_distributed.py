@@ -90,6 +90,31 @@ def test_the_smoke_sweep_on_ray_writes_the_local_runners_results(
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()} == stamps
 
 
+def test_a_fused_pack_is_one_ray_task_and_writes_the_local_packs_results(
+    ray_instance, tmp_path_factory
+):
+    """With fused, the smoke preset's 3 runs are one pack, trained by one task; its result
+    files equal those of the same pack trained by the local runner (one thread each)."""
+    configs = get_preset("smoke")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = tmp_path_factory.mktemp("local-pack")
+        run_sweep(configs, local, device="cpu", progress=False, fused=True, pack_size=3)
+    finally:
+        torch.set_num_threads(threads)
+    out = tmp_path_factory.mktemp("ray-pack")
+    assert distributed._units(configs, out, True, 3, "cpu") == [configs]
+    df = distributed.run_sweep_ray(
+        configs, out, device="cpu", progress=False, fused=True, pack_size=3
+    )
+    assert list(df["run_id"]) == [c.run_id for c in configs]
+    for config in configs:
+        ours = read_result(result_path(out, config))
+        assert ours["pack"]["size"] == 3
+        assert _comparable(ours) == _comparable(read_result(result_path(local, config)))
+
+
 def test_a_worker_killed_mid_run_is_retried_and_resumes_from_its_checkpoint(
     ray_instance, local_smoke, tmp_path
 ):

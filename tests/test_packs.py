@@ -268,7 +268,6 @@ def test_run_pack_refuses_runs_that_cannot_share_a_pack(tmp_path):
     ("args", "message"),
     [
         (["--pack-size", "2"], "--pack-size sets the size of fused packs: add --fused"),
-        (["--fused", "--backend", "ray"], "--fused trains packs in this process"),
         (["--fused", "--pack-size", "0"], "--pack-size must be >= 1; got 0"),
     ],
 )
