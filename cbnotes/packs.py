@@ -43,6 +43,7 @@ from cbnotes.runner import (
     EVAL_BATCH_SIZE,
     CheckpointTimer,
     DamagedCheckpointError,
+    DataCache,
     PackFallback,
     RunError,
     _check_out_dirs,
@@ -211,39 +212,6 @@ def _note_other_pack_checkpoints(folder: Path, packs: list[list[RunConfig]]) -> 
                 f"resume it, or delete it",
                 file=sys.stderr,
             )
-
-
-class DataCache:
-    """The training and test sets of the last (dataset, imbalance factor, data seed) loaded,
-    on the device: packs that share them load them once (:func:`plan_sweep` puts them one
-    after another)."""
-
-    def __init__(self) -> None:
-        self._key: tuple[Any, ...] | None = None
-        self._sets: tuple[Any, Any] | None = None
-
-    def get(
-        self,
-        config: RunConfig,
-        device: Any,
-        data_root: str | os.PathLike[str] | None = None,
-        download: bool = False,
-    ) -> tuple[Any, Any]:
-        """(Training set, test set) of ``config`` on ``device``, loaded if not held already."""
-        from cbnotes.data import load_dataset
-
-        key = (*_data_key(config), str(device), data_root)
-        if key != self._key or self._sets is None:
-            self._key, self._sets = None, None  # let the previous sets go first
-            train, test = load_dataset(
-                config.dataset,
-                imbalance_factor=config.imbalance_factor,
-                root=data_root,
-                seed=config.data_seed,
-                download=download,
-            )
-            self._key, self._sets = key, (train.to(device), test.to(device))
-        return self._sets
 
 
 def _describe(configs: Sequence[RunConfig]) -> str:

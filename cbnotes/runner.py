@@ -344,6 +344,39 @@ def build_parts(config: RunConfig, train_set: Any, device: Any) -> RunParts:
     return RunParts(model, criterion, train_loader, counts, POSTHOC_TAU if posthoc else None)
 
 
+class DataCache:
+    """The training and test sets of the last (dataset, imbalance factor, data seed) loaded,
+    on the device: the runs and packs of a sweep that share them load them once (the sweep
+    keeps one cache; :func:`cbnotes.packs.plan_sweep` puts packs of one dataset together)."""
+
+    def __init__(self) -> None:
+        self._key: tuple[Any, ...] | None = None
+        self._sets: tuple[Any, Any] | None = None
+
+    def get(
+        self,
+        config: RunConfig,
+        device: Any,
+        data_root: str | os.PathLike[str] | None = None,
+        download: bool = False,
+    ) -> tuple[Any, Any]:
+        """(Training set, test set) of ``config`` on ``device``, loaded if not held already."""
+        from cbnotes.data import load_dataset
+
+        key = (config.dataset, config.imbalance_factor, config.data_seed, str(device), data_root)
+        if key != self._key or self._sets is None:
+            self._key, self._sets = None, None  # let the previous sets go first
+            train, test = load_dataset(
+                config.dataset,
+                imbalance_factor=config.imbalance_factor,
+                root=data_root,
+                seed=config.data_seed,
+                download=download,
+            )
+            self._key, self._sets = key, (train.to(device), test.to(device))
+        return self._sets
+
+
 def build_trainer(
     config: RunConfig,
     device: Any,
@@ -352,21 +385,15 @@ def build_trainer(
     data_root: str | os.PathLike[str] | None = None,
     download: bool = False,
     compile: bool | str = False,
+    data: DataCache | None = None,
 ) -> Any:
     """Data, model, criterion, loaders and :class:`~cbnotes.training.Trainer` for ``config``
     (the run's parts from :func:`build_parts`, weight-decay groups from the registry);
-    ``compile`` goes to the Trainer."""
-    from cbnotes.data import load_dataset
+    ``compile`` goes to the Trainer; ``data`` keeps the data sets between runs of a sweep."""
     from cbnotes.pipeline import DeviceLoader
     from cbnotes.training import Trainer
 
-    train_set, test_set = load_dataset(
-        config.dataset,
-        imbalance_factor=config.imbalance_factor,
-        root=data_root,
-        seed=config.data_seed,
-        download=download,
-    )
+    train_set, test_set = (data or DataCache()).get(config, device, data_root, download)
     parts = build_parts(config, train_set, device)
     test_loader = DeviceLoader(test_set, EVAL_BATCH_SIZE, train=False, device=device)
     return Trainer(
@@ -397,6 +424,7 @@ def run_experiment(
     after_checkpoint: Callable[[int], None] | None = None,
     compile: bool | str = False,
     checkpoint_every: float | None = None,
+    data: DataCache | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one config; return its result record (skip if already finished).
 
@@ -432,6 +460,7 @@ def run_experiment(
     every = checkpoint_seconds(checkpoint_every, dev)
     options = {"progress": progress, "data_root": data_root, "download": download}
     options["compile"] = resolve_compile(compile)
+    options["data"] = data or DataCache()
     saved = None
     if ckpt.exists():
         try:
@@ -693,7 +722,7 @@ def _run_units(
     queue = collections.deque(units)
     records: dict[str, dict[str, Any]] = {}
     failures: dict[str, str] = {}
-    cache = None
+    cache = DataCache()  # the data sets are loaded once per sweep
     bar = tqdm(
         total=sum(len(u) for u in units),
         desc="runs",
@@ -705,11 +734,10 @@ def _run_units(
         bar.set_postfix_str(unit[0].run_id if len(unit) == 1 else f"pack of {len(unit)}")
         try:
             if len(unit) == 1:
-                records[unit[0].run_id] = run_experiment(unit[0], out_dir, **kwargs)
+                records[unit[0].run_id] = run_experiment(unit[0], out_dir, data=cache, **kwargs)
             else:
-                from cbnotes.packs import DataCache, run_pack
+                from cbnotes.packs import run_pack
 
-                cache = cache or DataCache()
                 records.update(run_pack(unit, out_dir, data=cache, **kwargs))
         except PackFallback as err:
             print(f"note: {err}; training its runs one by one", file=sys.stderr)

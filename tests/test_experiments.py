@@ -34,6 +34,7 @@ from cbnotes.results import (
     aggregate,
     checkpoint_path,
     load_results,
+    read_result,
     result_path,
     run_status,
 )
@@ -571,3 +572,30 @@ def test_the_headline_is_the_last_epoch_when_evaluating_every_k_epochs(tmp_path)
     assert [h["top1_error"] is not None for h in record["history"]] == [False, True, True]
     assert record["top1_error"] == record["history"][-1]["top1_error"]
     assert record["top1_error"] == record["final_metrics"]["top1_error"]
+
+
+def test_a_sweep_loads_each_data_set_once(tmp_path, monkeypatch):
+    """The smoke preset's 3 runs share one data set: the sweep reads it once (DataCache),
+    and the runs end as they do when each loads its own (compared with single runs)."""
+    from cbnotes import data
+
+    calls = []
+    real = data.load_dataset
+
+    def counting(*args, **kwargs):
+        calls.append(args[0] if args else kwargs["name"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data, "load_dataset", counting)
+    configs = get_preset("smoke")
+    swept = run_sweep(configs, tmp_path / "sweep", device="cpu", progress=False)
+    assert calls == ["synthetic"]
+    alone = run_experiment(configs[-1], tmp_path / "alone", device="cpu", progress=False)
+    assert len(calls) == 2
+    assert swept["top1_error"].iloc[-1] == alone["top1_error"]
+    assert (
+        alone["history"][-1]["train_loss"]
+        == read_result(tmp_path / "sweep" / "runs" / f"{configs[-1].run_id}.json")["history"][-1][
+            "train_loss"
+        ]
+    )
