@@ -81,6 +81,7 @@ from cbnotes.training import (
     build_scheduler,
     compile_model,
     resolve_compile,
+    run_epochs,
     tune_backends,
 )
 
@@ -858,32 +859,17 @@ class PackTrainer:
         ``on_epoch_end(records)`` gets the epoch's per-member records after each epoch (and
         its evaluation, if any): the place to save a pack checkpoint.
         """
-        end = self.epochs if epochs is None else epochs
-        if not _is_int(end) or not self.next_epoch <= end <= self.epochs:
-            raise ValueError(
-                f"epochs must be an integer in [{self.next_epoch}, {self.epochs}] "
-                f"(next epoch .. recipe.epochs), got {epochs!r}"
-            )
-        if not _is_int(eval_every) or eval_every < 1:
-            raise ValueError(f"eval_every must be an integer >= 1, got {eval_every!r}")
-        bar = tqdm(
-            range(self.next_epoch, end),
+        run_epochs(
+            self.train_epoch,
+            self.evaluate,
+            start=self.next_epoch,
+            epochs=epochs,
+            limit=self.epochs,
+            eval_every=eval_every,
+            on_epoch_end=on_epoch_end,
             desc=desc,
-            unit="epoch",
-            initial=self.next_epoch,
-            total=end,
-            leave=False,
-            disable=not self.progress,
+            progress=self.progress,
         )
-        try:
-            for epoch in bar:
-                records = self.train_epoch(epoch)
-                if (epoch + 1) % eval_every == 0 or epoch + 1 == end:
-                    self.evaluate()
-                if on_epoch_end is not None:
-                    on_epoch_end(records)
-        finally:
-            bar.close()
         return [m.history for m in self.members]
 
     # ------------------------------------------------------------------------- per member

@@ -179,6 +179,32 @@ def check_record(record: Any) -> str | None:
     return None
 
 
+#: Result fields that depend on the clock, the session or the machine, not on the training.
+VOLATILE_KEYS: tuple[str, ...] = (
+    "environment",
+    "session_environments",
+    "started",
+    "finished",
+    "wall_seconds",
+    "train_seconds",
+    "images_per_second",
+    "sessions",
+)
+#: The same for each epoch's record in ``history``.
+VOLATILE_HISTORY_KEYS: tuple[str, ...] = ("seconds", "images_per_s")
+
+
+def trained_part(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What training determines in a result record: everything but :data:`VOLATILE_KEYS`
+    (and :data:`VOLATILE_HISTORY_KEYS` per epoch). Two runs of one config on one machine with
+    the same thread count have equal trained parts, whatever stopped and resumed them."""
+    history = [
+        {k: v for k, v in epoch.items() if k not in VOLATILE_HISTORY_KEYS}
+        for epoch in record["history"]
+    ]
+    return {**{k: v for k, v in record.items() if k not in VOLATILE_KEYS}, "history": history}
+
+
 def read_result(path: str | os.PathLike[str], *, run_id: str | None = None) -> dict[str, Any]:
     """Read and check one result file (see :func:`check_record`); with ``run_id``, also that it
     holds that run. Raises :class:`InvalidResultError` naming the file and the reason."""

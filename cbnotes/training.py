@@ -460,6 +460,53 @@ def _mark_step(mode: str | None, device: torch.device) -> None:
         torch.compiler.cudagraph_mark_step_begin()
 
 
+def run_epochs(
+    train_epoch: Callable[[int], Any],
+    evaluate: Callable[[], Any],
+    *,
+    start: int,
+    epochs: int | None,
+    limit: int,
+    eval_every: int,
+    on_epoch_end: Callable[[Any], None] | None,
+    desc: str,
+    progress: bool,
+    postfix: Callable[[Any], dict[str, str]] | None = None,
+) -> None:
+    """The epoch loop of :class:`Trainer` and :class:`cbnotes.fused.PackTrainer`: train epochs
+    ``start`` .. ``epochs`` - 1 (default ``limit``, the recipe's), evaluate every
+    ``eval_every`` epochs and after the last one, then call ``on_epoch_end`` with the epoch's
+    record(s); a tqdm bar shows ``postfix(record)`` when given."""
+    end = limit if epochs is None else epochs
+    if not _is_int(end) or not start <= end <= limit:
+        raise ValueError(
+            f"epochs must be an integer in [{start}, {limit}] (next epoch .. recipe.epochs), "
+            f"got {epochs!r}"
+        )
+    if not _is_int(eval_every) or eval_every < 1:
+        raise ValueError(f"eval_every must be an integer >= 1, got {eval_every!r}")
+    bar = tqdm(
+        range(start, end),
+        desc=desc,
+        unit="epoch",
+        initial=start,
+        total=end,
+        leave=False,
+        disable=not progress,
+    )
+    try:
+        for epoch in bar:
+            record = train_epoch(epoch)
+            if (epoch + 1) % eval_every == 0 or epoch + 1 == end:
+                evaluate()
+            if postfix is not None:
+                bar.set_postfix(postfix(record))
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+    finally:
+        bar.close()
+
+
 class Trainer:
     """Train a classifier with the paper's recipe and evaluate it on the balanced test set.
 
@@ -710,36 +757,25 @@ class Trainer:
         ``on_epoch_end(record)`` is called after each epoch (and its evaluation, if any) with
         the epoch's history record; the experiment runner saves its checkpoints there.
         """
-        end = self.recipe.epochs if epochs is None else epochs
-        if not _is_int(end) or not self.next_epoch <= end <= self.recipe.epochs:
-            raise ValueError(
-                f"epochs must be an integer in [{self.next_epoch}, {self.recipe.epochs}] "
-                f"(next epoch .. recipe.epochs), got {epochs!r}"
-            )
-        if not _is_int(eval_every) or eval_every < 1:
-            raise ValueError(f"eval_every must be an integer >= 1, got {eval_every!r}")
-        bar = tqdm(
-            range(self.next_epoch, end),
+
+        def postfix(record: dict[str, Any]) -> dict[str, str]:
+            shown = {"loss": f"{record['train_loss']:.4f}"}
+            if record["top1_error"] is not None:
+                shown["err"] = f"{record['top1_error']:.2f}%"
+            return shown
+
+        run_epochs(
+            self.train_epoch,
+            self.evaluate,
+            start=self.next_epoch,
+            epochs=epochs,
+            limit=self.recipe.epochs,
+            eval_every=eval_every,
+            on_epoch_end=on_epoch_end,
             desc=desc,
-            unit="epoch",
-            initial=self.next_epoch,
-            total=end,
-            leave=False,
-            disable=not self.progress,
+            progress=self.progress,
+            postfix=postfix,
         )
-        try:
-            for epoch in bar:
-                record = self.train_epoch(epoch)
-                if (epoch + 1) % eval_every == 0 or epoch + 1 == end:
-                    self.evaluate()
-                postfix = {"loss": f"{record['train_loss']:.4f}"}
-                if record["top1_error"] is not None:
-                    postfix["err"] = f"{record['top1_error']:.2f}%"
-                bar.set_postfix(postfix)
-                if on_epoch_end is not None:
-                    on_epoch_end(record)
-        finally:
-            bar.close()
         return self.history
 
     def state_dict(self) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from cbnotes.results import (
     read_result,
     result_path,
     run_status,
+    trained_part,
 )
 from cbnotes.runner import run_experiment, run_sweep
 from cbnotes.training import Recipe, Trainer
@@ -443,27 +444,10 @@ def test_summary_csv_is_written_only_when_its_content_changes(tmp_path):
 
 # ----------------------------------------------------------------------------- runtime options
 
-#: What depends on the clock or the session, not on the training.
-RECORD_VOLATILE = (
-    "environment",
-    "session_environments",
-    "started",
-    "finished",
-    "wall_seconds",
-    "train_seconds",
-    "images_per_second",
-    "sessions",
-)
-
 
 def _trained(path: Path) -> dict:
-    """A result file without its clocks, sessions and environment: what training determines."""
-    record = json.loads(path.read_text(encoding="utf-8"))
-    history = [
-        {k: v for k, v in h.items() if k not in ("seconds", "images_per_s")}
-        for h in record["history"]
-    ]
-    return {**{k: v for k, v in record.items() if k not in RECORD_VOLATILE}, "history": history}
+    """A result file's trained part (:func:`cbnotes.results.trained_part`)."""
+    return trained_part(json.loads(path.read_text(encoding="utf-8")))
 
 
 def test_runtime_options_are_not_run_config_fields():

@@ -14,23 +14,11 @@ from cbnotes.cli import main
 from cbnotes.config import RunConfig
 from cbnotes.fused import PackTrainer
 from cbnotes.presets import get_preset
-from cbnotes.results import checkpoint_path, read_result, result_path
+from cbnotes.results import checkpoint_path, read_result, result_path, trained_part
 from cbnotes.runner import run_sweep
 from cbnotes.training import Trainer
 
 SMOKE = get_preset("smoke")  # 3 runs: ResNet-8 width 4, 2 epochs, synthetic data
-#: What depends on the clock or the session, not on the training.
-VOLATILE = ("seconds", "images_per_s")
-RECORD_VOLATILE = (
-    "environment",
-    "session_environments",
-    "started",
-    "finished",
-    "wall_seconds",
-    "train_seconds",
-    "images_per_second",
-    "sessions",
-)
 
 
 def _run(*args: str) -> int:
@@ -39,13 +27,6 @@ def _run(*args: str) -> int:
 
 def _records(out: Path) -> dict[str, dict]:
     return {p.name: json.loads(p.read_text(encoding="utf-8")) for p in (out / "runs").glob("*")}
-
-
-def _trained(record: dict) -> dict:
-    """What training determines: a record without its clocks, sessions and environment."""
-    history = [{k: v for k, v in h.items() if k not in VOLATILE} for h in record["history"]]
-    kept = {k: v for k, v in record.items() if k not in RECORD_VOLATILE}
-    return {**kept, "history": history}
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +141,7 @@ def test_ctrl_c_leaves_a_pack_checkpoint_that_resumes_bit_for_bit(
     assert sorted(resumed) == sorted(straight)
     for name, record in resumed.items():
         assert record["sessions"] == 2
-        assert _trained(record) == _trained(straight[name])  # bit for bit
+        assert trained_part(record) == trained_part(straight[name])  # bit for bit
 
 
 def test_a_damaged_pack_checkpoint_is_set_aside_and_the_pack_trained_again(fused, tmp_path, capsys):
@@ -175,8 +156,8 @@ def test_a_damaged_pack_checkpoint_is_set_aside_and_the_pack_trained_again(fused
     (aside,) = ckpt.parent.glob(f"{ckpt.name}.damaged-*")
     assert aside.read_bytes() == b"junk\n", "a damaged checkpoint is never deleted"
     again, straight = _records(out), _records(fused)
-    assert {n: _trained(r) for n, r in again.items()} == {
-        n: _trained(r) for n, r in straight.items()
+    assert {n: trained_part(r) for n, r in again.items()} == {
+        n: trained_part(r) for n, r in straight.items()
     }
 
 
@@ -211,7 +192,7 @@ def test_a_pack_that_cannot_train_fused_falls_back_to_single_runs(
     plain = _records(unfused)
     for name, record in _records(tmp_path).items():
         assert "pack" not in record
-        assert _trained(record) == _trained(plain[name])
+        assert trained_part(record) == trained_part(plain[name])
 
 
 # ----------------------------------------------------------------------------- planning
@@ -300,8 +281,8 @@ def test_a_fused_sweep_checkpoints_by_time_too(fused, tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert _run("--out", str(out), "--fused", "--pack-size", "3", "--checkpoint-every", "3600") == 0
     timed, straight = _records(out), _records(fused)
-    assert {k: _trained(v) for k, v in timed.items()} == {
-        k: _trained(v) for k, v in straight.items()
+    assert {k: trained_part(v) for k, v in timed.items()} == {
+        k: trained_part(v) for k, v in straight.items()
     }
     runtime = next(iter(timed.values()))["session_environments"][-1]["runtime"]
     assert runtime == {"compile": None, "checkpoint_every": 3600.0, "channels_last": False}
