@@ -268,11 +268,9 @@ def runner_sweeps(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line flags; model defaults depend on the device (see the module docstring)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The flags every training benchmark shares: device, timing, model and input shape."""
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
-    p.add_argument("--sizes", default="1,2,4,8,16", help="pack sizes N, comma-separated")
     p.add_argument("--steps", type=int, default=None, help="batches per timed epoch")
     p.add_argument("--repeats", type=int, default=3, help="timed epochs of each (fastest counts)")
     p.add_argument("--batch-size", type=int, default=128)
@@ -287,13 +285,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="wall time, or process CPU time (robust on a busy CPU); auto: cpu on CPU, else wall",
     )
     p.add_argument("--amp", default="auto", help="auto, off, bf16 or fp16 (both sides)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--tiny", action="store_true", help="a few seconds on CPU (CI smoke run)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+
+
+def resolve_model_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fill the device-dependent defaults of :func:`add_model_args` (CPU: the CPU study's
+    model; CUDA: ResNet-32 on 32x32x3; --tiny: seconds) and check them (``p.error``)."""
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    args.device = torch.device(auto if args.device == "auto" else args.device)
+    cuda = args.device.type == "cuda"
+    if args.tiny:
+        defaults = {"depth": 8, "width": 4, "size": 16, "channels": 3, "steps": 2}
+        args.batch_size = min(args.batch_size, 32)
+        if args.repeats == p.get_default("repeats"):
+            args.repeats = 1
+    elif cuda:
+        defaults = {"depth": 32, "width": 16, "size": 32, "channels": 3, "steps": 40}
+    else:
+        defaults = {"depth": 8, "width": 8, "size": 28, "channels": 1, "steps": 24}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.shortcut, args.init = ("avgpool", "glorot") if cuda else ("subsample", "kaiming")
+    if args.clock == "auto":
+        args.clock = "wall" if cuda else "cpu"
+    for name in ("steps", "repeats", "batch_size", "depth", "width", "size", "channels"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags; model defaults depend on the device (see the module docstring)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_model_args(p)
+    p.add_argument("--sizes", default="1,2,4,8,16", help="pack sizes N, comma-separated")
     p.add_argument(
         "--channels-last", action="store_true", help="channels-last batches (and single model)"
     )
     p.add_argument("--vmap", action="store_true", help="also time torch.func stacking + vmap")
-    p.add_argument("--tiny", action="store_true", help="a few seconds on CPU (CI smoke run)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument(
         "--runner",
         default=None,
@@ -307,35 +338,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--pack-size", type=int, default=None, help="with --runner: runs per pack (default: all)"
     )
     args = p.parse_args(argv)
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    args.device = torch.device(auto if args.device == "auto" else args.device)
-    cuda = args.device.type == "cuda"
-    if args.tiny:
-        defaults = {"depth": 8, "width": 4, "size": 16, "channels": 3, "steps": 2}
-        args.batch_size = min(args.batch_size, 32)
-        if args.sizes == p.get_default("sizes"):
-            args.sizes = "1,2,4"
-        if args.repeats == p.get_default("repeats"):
-            args.repeats = 1
-    elif cuda:
-        defaults = {"depth": 32, "width": 16, "size": 32, "channels": 3, "steps": 40}
-    else:
-        defaults = {"depth": 8, "width": 8, "size": 28, "channels": 1, "steps": 24}
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    args.shortcut, args.init = ("avgpool", "glorot") if cuda else ("subsample", "kaiming")
-    if args.clock == "auto":
-        args.clock = "wall" if cuda else "cpu"
+    if args.tiny and args.sizes == p.get_default("sizes"):
+        args.sizes = "1,2,4"
+    resolve_model_args(p, args)
     try:
         args.sizes = [int(s) for s in str(args.sizes).split(",")]
     except ValueError:
         p.error(f"--sizes must be comma-separated integers, got {args.sizes!r}")
     if not args.sizes or min(args.sizes) < 1:
         p.error("--sizes must hold pack sizes >= 1")
-    for name in ("steps", "repeats", "batch_size", "depth", "width", "size", "channels"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
     return args
 
 

@@ -53,7 +53,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_fused import epoch_seconds, sync, synthetic_set, write_json
+from bench_fused import (
+    add_model_args,
+    epoch_seconds,
+    resolve_model_args,
+    sync,
+    synthetic_set,
+    write_json,
+)
 
 from cbnotes.data import ImageSet
 from cbnotes.methods import build_criterion
@@ -280,24 +287,9 @@ WHAT = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags; model defaults depend on the device (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    add_model_args(p)
     p.add_argument("--only", default=None, help="comma-separated comparisons (default: all)")
     p.add_argument("--compile", action="store_true", help="on CPU, also time torch.compile")
-    p.add_argument("--steps", type=int, default=None, help="batches per timed epoch")
-    p.add_argument("--repeats", type=int, default=3, help="timed epochs of each (fastest counts)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--depth", type=int, default=None, help="ResNet depth (CPU 8, CUDA 32)")
-    p.add_argument("--width", type=int, default=None, help="base width (CPU 8, CUDA 16)")
-    p.add_argument("--size", type=int, default=None, help="image side (CPU 28, CUDA 32)")
-    p.add_argument("--channels", type=int, default=None, help="image channels (CPU 1, CUDA 3)")
-    p.add_argument(
-        "--clock",
-        choices=("auto", "wall", "cpu"),
-        default="auto",
-        help="wall time, or process CPU time (robust on a busy CPU); auto: cpu on CPU, else wall",
-    )
-    p.add_argument("--amp", default="auto", help="auto, off, bf16 or fp16 (both sides)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument(
         "--omp-threads",
         type=int,
@@ -305,32 +297,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="threads of the omp_passive subprocesses (default: the cores, as the main job)",
     )
     p.add_argument("--omp-rounds", type=int, default=3, help="subprocess pairs for omp_passive")
-    p.add_argument("--tiny", action="store_true", help="a few seconds on CPU (CI smoke run)")
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--omp-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    args.device = torch.device(auto if args.device == "auto" else args.device)
-    cuda = args.device.type == "cuda"
-    if args.tiny:
-        defaults = {"depth": 8, "width": 4, "size": 16, "channels": 3, "steps": 2}
-        args.batch_size = min(args.batch_size, 32)
-        if args.repeats == p.get_default("repeats"):
-            args.repeats = 1
-        if args.omp_rounds == p.get_default("omp_rounds"):
-            args.omp_rounds = 1
-    elif cuda:
-        defaults = {"depth": 32, "width": 16, "size": 32, "channels": 3, "steps": 40}
-    else:
-        defaults = {"depth": 8, "width": 8, "size": 28, "channels": 1, "steps": 24}
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    args.shortcut, args.init = ("avgpool", "glorot") if cuda else ("subsample", "kaiming")
-    if args.clock == "auto":
-        args.clock = "wall" if cuda else "cpu"
-    names = list(CUDA_COMPARISONS if cuda else CPU_COMPARISONS)
-    if args.compile and not cuda:
+    if args.tiny and args.omp_rounds == p.get_default("omp_rounds"):
+        args.omp_rounds = 1
+    resolve_model_args(p, args)
+    names = list(CUDA_COMPARISONS if args.device.type == "cuda" else CPU_COMPARISONS)
+    if args.compile and args.device.type != "cuda":
         names.append("compile")
     if args.only is not None:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -338,9 +311,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if unknown:
             p.error(f"--only: unknown comparison(s) {unknown}; choose from {sorted(WHAT)}")
     args.names = names
-    for name in ("steps", "repeats", "batch_size", "depth", "width", "size", "channels"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
     return args
 
 
