@@ -7,8 +7,8 @@
 #   3. amp         a few training steps of Trainer and of a pack with amp=bf16 and amp=fp16
 #   4. paper       two epochs of a paper-style ResNet-32 run (cbnotes.runner) on fake CIFAR-10
 #                  files in the official format (tests/fakedata.py; torchvision's MD5 check is
-#                  pointed at the fake files, as tests/test_data.py does), and two epochs of a
-#                  pack of 4 such runs
+#                  pointed at the fake files, as tests/test_data.py does), two epochs of a
+#                  pack of 4 such runs, and the default sweep's choice (fused auto) for them
 #   5. bench_training  benchmarks/bench_training.py: each choice of the training step as a
 #                  ratio against its baseline (fused SGD with a tensor lr vs the for-loop,
 #                  channels-last, cuDNN autotuner, checkpoint cost, torch.compile default and
@@ -88,7 +88,7 @@ else
   BENCH=(--device cuda)
   TRAINING=(--device cuda)
   CL_SIZES=1,4,16
-  LIMITS=(120 120 60 60 90 150)  # seconds per step: 600 in all, inside the 10-minute budget
+  LIMITS=(120 120 60 60 120 120)  # seconds per step: 600 in all, inside the 10-minute budget
 fi
 
 run_step cuda_tests "${LIMITS[0]}" "$PY" -m pytest -q -p no:cacheprovider -k cuda "${TESTS[@]}"
@@ -241,6 +241,25 @@ with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
         "speedup_vs_one_run": images / seconds / record["images_per_second"],
     }
     print("pack", json.dumps(results["pack"]))
+
+    # What `cbnotes run` does by default (fused auto): on CUDA it trains a pack of these four
+    # runs and one of them alone for two epochs each and keeps packs if they are faster; on a
+    # CPU it trains them one by one without measuring.
+    from cbnotes.packs import CHOICE_FILE, choose_units  # noqa: E402
+
+    auto = [RunConfig("cifar10", imbalance_factor=imbalance, loss_type=loss_type, seed=seed,
+                      epochs=2, amp="auto", **params, **model_args)
+            for loss_type, params, seed in runs]
+    auto_out = Path(tmp) / "auto"
+    start = time.perf_counter()
+    units = choose_units(auto, auto_out, pack_size=4, device=device, data_root=root)
+    choice = auto_out / CHOICE_FILE
+    results["auto"] = {
+        "units": [len(u) for u in units],
+        "choice": json.loads(choice.read_text()) if choice.exists() else None,
+        "seconds": time.perf_counter() - start,
+    }
+    print("auto", json.dumps(results["auto"]))
 (out / "paper.json").write_text(json.dumps(results, indent=2) + "\n")
 EOF
 
@@ -300,6 +319,13 @@ if paper:
               f"Pack of {len(pack['members'])} ({', '.join(pack['members'])}): "
               f"{pack['images_per_second']:.0f} images/s, "
               f"{pack['speedup_vs_one_run']:.2f}x one run's."]
+    auto = paper.get("auto")
+    if auto:
+        choice = auto["choice"]
+        decided = (f"measured {choice['speedup']:.2f}x for a pack of {choice['pack_size']}, "
+                   f"{'packs' if choice['fused'] else 'one by one'}" if choice
+                   else "no measurement (CPU: one by one)")
+        lines.append(f"Default sweep (fused auto): units {auto['units']}; {decided}.")
 training = results["bench_training"]
 if training:
     lines += ["", f"## The training step, each choice vs its baseline ({training['model']}, "

@@ -71,7 +71,7 @@ examples:
   cbnotes run --preset paper --dataset cifar10 --if 50 --device cuda --download
   cbnotes run --preset paper --backend ray --download     every GPU of this machine, 4 runs per GPU
   cbnotes run --preset paper --backend ray --address auto --out /shared/runs   a Ray cluster
-  cbnotes run --preset paper --fused --device cuda   runs of one shape trained as fused packs
+  cbnotes run --preset paper --fused --device cuda   runs of one shape always trained as fused packs
   cbnotes run --preset paper --device cuda --compile --checkpoint-every 120   faster, same run ids
 """
 
@@ -247,13 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
     packs = run.add_argument_group(
         "fused packs",
         "Pending runs of one dataset and model shape are trained together as one fused model "
-        "(grouped convolutions, HFTA); each still writes its own result file. Meant for GPUs: "
-        "on a CPU a pack is a little slower than its runs one by one.",
+        "(grouped convolutions, HFTA); each still writes its own result file. By default "
+        "(neither flag) packs are used where they are faster: never on a CPU, where a pack "
+        "is a little slower than its runs one by one; on a GPU when a pack measured at the "
+        "start (one epoch, recorded in OUT/fused-choice.json) beats its runs one by one "
+        "(with --backend ray: only with --fused).",
     )
     packs.add_argument(
         "--fused",
-        action="store_true",
-        help="train pending runs in packs (with --backend ray: one task per pack, on a whole GPU)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="always train pending runs in packs (with --backend ray: one task per pack, on a "
+        "whole GPU); --no-fused: always one by one",
     )
     packs.add_argument(
         "--pack-size",
@@ -485,8 +490,9 @@ def _sweep(configs: list[RunConfig], args: argparse.Namespace) -> int:
         "compile": args.compile or False,
         "checkpoint_every": args.checkpoint_every,
     }
-    if getattr(args, "fused", False):
-        options.update(fused=True, pack_size=args.pack_size)
+    fused = getattr(args, "fused", None)
+    if fused is not None or getattr(args, "backend", "local") == "ray":
+        options.update(fused=bool(fused), pack_size=args.pack_size)  # Ray: packs only if asked
     try:
         if getattr(args, "backend", "local") == "ray":
             from cbnotes.distributed import run_sweep_ray
@@ -553,6 +559,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     configs = _selected(args)
     if args.fused and args.pack_size is None and args.backend == "local":
         args.pack_size = _default_pack_size(args, configs)  # Ray picks it on the cluster
+    auto = _auto_note(args) if args.fused is None and args.backend == "local" else None
+    if auto and args.pack_size is not None and not args.dry_run:
+        print(f"note: {auto}", file=sys.stderr)
     if args.dry_run:
         if Path(args.out).exists():
             check_out_dir(args.out, write=False)
@@ -564,14 +573,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         if args.fused:
             _print_packs(configs, args)
+        elif auto:
+            print(auto)
         return 0
     return _sweep(configs, args)
 
 
 def _check_fused(args: argparse.Namespace) -> None:
     """UserError for --fused / --pack-size values that cannot work together."""
-    if args.pack_size is not None and not args.fused:
-        raise UserError("--pack-size sets the size of fused packs: add --fused")
+    if args.pack_size is not None and args.fused is False:
+        raise UserError("--pack-size sets the size of fused packs: drop --no-fused")
+    if args.pack_size is not None and args.fused is None and args.backend == "ray":
+        raise UserError("--pack-size sets the size of fused packs: with --backend ray add --fused")
     if args.pack_size is not None and args.pack_size < 1:
         raise UserError(f"--pack-size must be >= 1; got {args.pack_size}")
 
@@ -589,6 +602,16 @@ def _default_pack_size(args: argparse.Namespace, configs: list[RunConfig]) -> in
             file=sys.stderr,
         )
     return size
+
+
+def _auto_note(args: argparse.Namespace) -> str:
+    """What the default (neither --fused nor --no-fused) does on the device."""
+    from cbnotes.provenance import resolve_device
+
+    if resolve_device(args.device).type == "cuda":
+        return "fused auto: a pack is measured when the sweep starts; packs if it is faster"
+    extra = " (add --fused for packs of --pack-size)" if args.pack_size else ""
+    return f"fused auto: on a CPU the runs are trained one by one{extra}"
 
 
 def _print_packs(configs: list[RunConfig], args: argparse.Namespace) -> None:

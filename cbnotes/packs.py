@@ -28,6 +28,7 @@ follow each other and keep it on the device (:class:`DataCache`).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import time
@@ -37,7 +38,7 @@ from typing import Any
 
 from cbnotes._files import write_json_atomic
 from cbnotes.config import RunConfig
-from cbnotes.provenance import environment, resolve_device
+from cbnotes.provenance import device_name, environment, now, resolve_device
 from cbnotes.results import checkpoint_path, result_path, run_status
 from cbnotes.runner import (
     EVAL_BATCH_SIZE,
@@ -65,10 +66,14 @@ from cbnotes.runner import (
 )
 
 __all__ = [
+    "AUTO_MIN_SPEEDUP",
+    "CHOICE_FILE",
     "MAX_PACK_SIZE",
     "PACK_FIELDS",
     "DataCache",
+    "choose_units",
     "default_pack_size",
+    "measure_pack_speedup",
     "pack_checkpoint_path",
     "pack_key",
     "plan_sweep",
@@ -92,6 +97,10 @@ PACK_FIELDS: tuple[str, ...] = (
 #: Largest pack :func:`default_pack_size` picks: the largest benchmarks/bench_fused.py
 #: measures by default (larger packs are untested; --pack-size allows them).
 MAX_PACK_SIZE = 16
+#: How much faster a pack must train than its runs one by one for ``fused="auto"`` to use it.
+AUTO_MIN_SPEEDUP = 1.1
+#: Where ``fused="auto"`` records its measurement, in the results folder.
+CHOICE_FILE = "fused-choice.json"
 #: Share of the free GPU memory :func:`default_pack_size` plans to use for activations.
 MEMORY_SHARE = 0.5
 #: What the ``pack`` field of a result record means.
@@ -198,6 +207,144 @@ def plan_sweep(
     packed = {c.run_id for pack in packs for c in pack}
     _note_other_pack_checkpoints(folder, packs)
     return [[c] for c in configs if c.run_id not in packed] + packs
+
+
+def measure_pack_speedup(
+    configs: Sequence[RunConfig],
+    *,
+    device: Any = "auto",
+    data_root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    data: DataCache | None = None,
+    epochs: int = 2,
+) -> dict[str, float]:
+    """Seconds per training epoch of ``configs`` trained as one pack and of its first run alone,
+    and the pack's ``speedup``: ``len(configs)`` × one run's epoch / the pack's epoch.
+
+    Throwaway models on the runs' real data and pipeline; nothing is written and the global
+    random generators are restored, so the runs trained afterwards do not change. Each is
+    trained ``epochs`` epochs (at most the recipe's), alternating, and its last epoch is timed:
+    the first includes cuDNN's autotuning and the first allocations.
+    """
+    import torch
+
+    from cbnotes.runner import build_trainer
+
+    configs = list(configs)
+    dev = resolve_device(str(device))
+    cache = data or DataCache()
+    train_set, test_set = cache.get(configs[0], dev, data_root, download)
+    state = _rng_state()
+    try:
+        one = build_trainer(
+            configs[0], dev, progress=False, data_root=data_root, download=download, data=cache
+        )
+        pack = _build_pack(configs, train_set, test_set, dev, progress=False)
+        seconds = {"one run": 0.0, "pack": 0.0}
+        for epoch in range(max(1, min(epochs, configs[0].epochs))):
+            for name, trainer in (("one run", one), ("pack", pack)):
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                start = time.perf_counter()
+                trainer.train_epoch(epoch)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                seconds[name] = time.perf_counter() - start
+    finally:
+        _set_rng_state(state)
+    del one, pack
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    speedup = len(configs) * seconds["one run"] / seconds["pack"]
+    return {
+        "one_run_seconds": seconds["one run"],
+        "pack_seconds": seconds["pack"],
+        "speedup": speedup,
+    }
+
+
+def choose_units(
+    configs: Iterable[RunConfig],
+    out_dir: str | os.PathLike[str],
+    *,
+    pack_size: int | None = None,
+    device: Any = "auto",
+    data_root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    data: DataCache | None = None,
+) -> list[list[RunConfig]]:
+    """The units ``fused="auto"`` trains: :func:`plan_sweep`'s packs where a pack trains at
+    least :data:`AUTO_MIN_SPEEDUP` times as fast as its runs one by one, else every run alone.
+
+    On a CPU every run is trained alone without measuring (benchmarks/bench_fused.py: a pack is
+    a little slower there). On a GPU the first planned pack is measured once
+    (:func:`measure_pack_speedup`) and the decision recorded in ``out_dir/``:data:`CHOICE_FILE`
+    with the device, the pack's shape and the times; a later sweep into the same folder on the
+    same device and pack shape reuses it, and planned packs with a checkpoint are resumed
+    whatever the record says. A note on stderr says what was decided and why.
+    """
+    configs = list(configs)
+    dev = resolve_device(str(device))
+    if dev.type != "cuda":
+        return [[c] for c in configs]
+    units = plan_sweep(configs, out_dir, pack_size=pack_size, device=dev)
+    packs = [unit for unit in units if len(unit) > 1]
+    if not packs:
+        return units
+    if any(pack_checkpoint_path(out_dir, p).exists() for p in packs):
+        print("note: fused auto: resuming interrupted packs, training in packs", file=sys.stderr)
+        return units
+    key = {"device": device_name(dev), "pack_size": len(packs[0]), "shape": _describe_key(packs[0])}
+    choice = _recorded_choice(Path(out_dir) / CHOICE_FILE, key)
+    if choice is None:
+        measured = measure_pack_speedup(
+            packs[0], device=dev, data_root=data_root, download=download, data=data
+        )
+        choice = {
+            **key,
+            **measured,
+            "fused": measured["speedup"] >= AUTO_MIN_SPEEDUP,
+            "min_speedup": AUTO_MIN_SPEEDUP,
+            "measured_at": now(),
+        }
+        _check_out_dirs(out_dir)
+        write_json_atomic(Path(out_dir) / CHOICE_FILE, choice)
+        how = "measured"
+    else:
+        how = f"as measured at {choice['measured_at']}"
+    verdict = (
+        "training in packs (--no-fused: one by one)"
+        if choice["fused"]
+        else "training runs one by one (--fused: in packs anyway)"
+    )
+    print(
+        f"note: fused auto: a pack of {choice['pack_size']} runs trains "
+        f"{choice['speedup']:.2f}x as fast as its runs one by one on {choice['device']} "
+        f"({how}, {Path(out_dir) / CHOICE_FILE}): {verdict}",
+        file=sys.stderr,
+    )
+    return units if choice["fused"] else [[c] for c in configs]
+
+
+def _describe_key(pack: Sequence[RunConfig]) -> str:
+    """The shared settings of ``pack`` (:func:`pack_key`) as text."""
+    return ", ".join(f"{name}={getattr(pack[0], name)}" for name in PACK_FIELDS)
+
+
+def _recorded_choice(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The choice recorded at ``path`` if it was made for ``key`` and is readable, else None."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # none yet, or unreadable: measured again and rewritten
+    fields = ("fused", "speedup", "pack_size", "device", "measured_at")
+    if not isinstance(record, dict) or any(name not in record for name in fields):
+        return None
+    if any(record.get(name) != value for name, value in key.items()):
+        return None
+    if not isinstance(record["fused"], bool) or not isinstance(record["speedup"], (int, float)):
+        return None
+    return record
 
 
 def _note_other_pack_checkpoints(folder: Path, packs: list[list[RunConfig]]) -> None:

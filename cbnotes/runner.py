@@ -660,7 +660,7 @@ def run_sweep(
     configs: Iterable[RunConfig],
     out_dir: str | os.PathLike[str],
     *,
-    fused: bool = False,
+    fused: bool | str = "auto",
     pack_size: int | None = None,
     **kwargs: Any,
 ) -> pd.DataFrame:
@@ -676,10 +676,12 @@ def run_sweep(
     at the end a :class:`SweepError` lists the failed runs. Anything else (a results folder
     that cannot be written, missing data, Ctrl-C) stops the sweep at once.
 
-    With ``fused``, pending runs that can share a model shape and dataset are trained
+    With ``fused=True``, pending runs that can share a model shape and dataset are trained
     together in packs of up to ``pack_size`` (default: what the device holds, see
     :func:`cbnotes.packs.plan_sweep`); each still writes its own result file, and every other
-    run is trained one by one as without ``fused``.
+    run is trained one by one as with ``fused=False``. ``fused="auto"`` (the default) trains
+    in packs where that is faster: never on a CPU, and on a GPU if a measured pack beats its
+    runs one by one (:func:`cbnotes.packs.choose_units`).
     """
     from cbnotes.results import frame
 
@@ -689,12 +691,27 @@ def run_sweep(
     bad = [c for c in configs if not isinstance(c, RunConfig)]
     if bad:
         raise ValueError(f"configs must all be RunConfig; got {type(bad[0]).__name__}")
+    if fused not in (True, False, "auto"):
+        raise ValueError(f'fused must be True, False or "auto"; got {fused!r}')
+    cache = DataCache()  # the data sets are loaded once per sweep
     units: list[list[RunConfig]] = [[c] for c in configs]
-    if fused:
+    if fused == "auto":
+        from cbnotes.packs import choose_units
+
+        units = choose_units(
+            configs,
+            out_dir,
+            pack_size=pack_size,
+            device=kwargs.get("device", "auto"),
+            data_root=kwargs.get("data_root"),
+            download=kwargs.get("download", False),
+            data=cache,
+        )
+    elif fused:
         from cbnotes.packs import plan_sweep
 
         units = plan_sweep(configs, out_dir, pack_size=pack_size, device=kwargs.get("device"))
-    records, failures = _run_units(units, out_dir, kwargs)
+    records, failures = _run_units(units, out_dir, kwargs, cache)
     if Path(out_dir).is_dir():
         write_summary(out_dir)
     results = frame([summary_row(records[c.run_id]) for c in configs if c.run_id in records])
@@ -711,7 +728,10 @@ def _unit_name(unit: list[RunConfig]) -> str:
 
 
 def _run_units(
-    units: list[list[RunConfig]], out_dir: str | os.PathLike[str], kwargs: dict[str, Any]
+    units: list[list[RunConfig]],
+    out_dir: str | os.PathLike[str],
+    kwargs: dict[str, Any],
+    cache: DataCache,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Train each unit (one run, or a pack of runs); return the records and failures by run id.
 
@@ -722,7 +742,6 @@ def _run_units(
     queue = collections.deque(units)
     records: dict[str, dict[str, Any]] = {}
     failures: dict[str, str] = {}
-    cache = DataCache()  # the data sets are loaded once per sweep
     bar = tqdm(
         total=sum(len(u) for u in units),
         desc="runs",

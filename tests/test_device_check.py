@@ -36,6 +36,11 @@ def test_dry_run_passes_every_step_and_writes_its_reports(tmp_path):
     assert report["amp"]["bf16"]["trainer"]["master_dtype"] == "torch.float32"
     assert len(report["paper"]["pack"]["members"]) == 4
     assert report["paper"]["run"]["history"][-1]["epoch"] == 1  # two epochs
+    assert report["paper"]["auto"] == {  # fused auto on a CPU: one by one, nothing measured
+        "units": [1, 1, 1, 1],
+        "choice": None,
+        "seconds": report["paper"]["auto"]["seconds"],
+    }
     names = [c["name"] for c in report["bench_training"]["comparisons"]]
     assert names == ["sgd", "sgd_step", "channels_last", "checkpoint", "omp_passive"]
     assert all(c["ratio"] > 0 for c in report["bench_training"]["comparisons"])
@@ -43,6 +48,7 @@ def test_dry_run_passes_every_step_and_writes_its_reports(tmp_path):
     assert "all steps passed" in markdown
     assert "| 4 |" in markdown  # the pack-size table
     assert "| omp_passive |" in markdown  # the training-step table
+    assert "Default sweep (fused auto): units [1, 1, 1, 1]; no measurement" in markdown
 
 
 def test_usage_errors_exit_2(tmp_path):

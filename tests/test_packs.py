@@ -248,7 +248,14 @@ def test_run_pack_refuses_runs_that_cannot_share_a_pack(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--pack-size", "2"], "--pack-size sets the size of fused packs: add --fused"),
+        (
+            ["--no-fused", "--pack-size", "2"],
+            "--pack-size sets the size of fused packs: drop --no-fused",
+        ),
+        (
+            ["--backend", "ray", "--pack-size", "2"],
+            "--pack-size sets the size of fused packs: with --backend ray add --fused",
+        ),
         (["--fused", "--pack-size", "0"], "--pack-size must be >= 1; got 0"),
     ],
 )
@@ -257,6 +264,13 @@ def test_fused_flags_that_cannot_work_are_one_line_errors(args, message, tmp_pat
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"cbnotes run: error: {message}")
     assert "\n" not in err
+
+
+def test_without_fused_flags_a_cpu_trains_one_by_one_and_says_so(tmp_path, capsys):
+    assert _run("--out", str(tmp_path), "--dry-run") == 0
+    assert "fused auto: on a CPU the runs are trained one by one\n" in capsys.readouterr().out
+    assert _run("--out", str(tmp_path), "--pack-size", "2", "--dry-run") == 0
+    assert "one by one (add --fused for packs of --pack-size)" in capsys.readouterr().out
 
 
 def test_dry_run_shows_the_packs_and_the_cpu_default(tmp_path, capsys):
@@ -286,3 +300,116 @@ def test_a_fused_sweep_checkpoints_by_time_too(fused, tmp_path, monkeypatch):
     }
     runtime = next(iter(timed.values()))["session_environments"][-1]["runtime"]
     assert runtime == {"compile": None, "checkpoint_every": 3600.0, "channels_last": False}
+
+
+# ----------------------------------------------------------------------------- fused="auto"
+
+
+def test_auto_trains_one_by_one_on_a_cpu_without_measuring(unfused, tmp_path, monkeypatch):
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("fused auto measured a pack on a CPU")
+
+    monkeypatch.setattr(packs, "measure_pack_speedup", no_measuring)
+    run_sweep(SMOKE, tmp_path, device="cpu", progress=False, pack_size=3)  # fused="auto"
+    assert _records(tmp_path).keys() == _records(unfused).keys()
+    assert not any("pack" in record for record in _records(tmp_path).values())
+    assert not (tmp_path / packs.CHOICE_FILE).exists()
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """choose_units sees a CUDA device named 'Fake GPU'; measurements return ``speedups``."""
+    import torch
+
+    measured: list[list[str]] = []
+    speedups: list[float] = []
+
+    def measure(configs, **kwargs):
+        measured.append([c.run_id for c in configs])
+        return {"one_run_seconds": 1.0, "pack_seconds": 1.0, "speedup": speedups.pop(0)}
+
+    monkeypatch.setattr(packs, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(packs, "device_name", lambda device: "Fake GPU")
+    monkeypatch.setattr(packs, "measure_pack_speedup", measure)
+    return measured, speedups
+
+
+def _shape(units: list[list[RunConfig]]) -> list[int]:
+    return [len(unit) for unit in units]
+
+
+def test_auto_on_a_gpu_packs_when_a_measured_pack_is_faster_and_records_why(
+    fake_gpu, tmp_path, capsys
+):
+    measured, speedups = fake_gpu
+    speedups.append(2.5)
+    units = packs.choose_units(SMOKE, tmp_path, pack_size=3)
+    assert _shape(units) == [3]
+    assert measured == [[c.run_id for c in SMOKE]]
+    record = json.loads((tmp_path / packs.CHOICE_FILE).read_text(encoding="utf-8"))
+    assert record["fused"] is True
+    assert record["speedup"] == 2.5
+    assert record["device"] == "Fake GPU"
+    assert record["pack_size"] == 3
+    assert "depth=8" in record["shape"]
+    err = capsys.readouterr().err
+    assert "a pack of 3 runs trains 2.50x as fast as its runs one by one on Fake GPU" in err
+    assert "training in packs (--no-fused: one by one)" in err
+    # The same folder, device and pack shape: the record is reused, nothing measured again.
+    assert _shape(packs.choose_units(SMOKE, tmp_path, pack_size=3)) == [3]
+    assert len(measured) == 1
+    assert "as measured at" in capsys.readouterr().err
+
+
+def test_auto_on_a_gpu_trains_one_by_one_when_the_pack_is_not_faster(fake_gpu, tmp_path, capsys):
+    measured, speedups = fake_gpu
+    speedups.extend([1.05, 1.5])
+    assert _shape(packs.choose_units(SMOKE, tmp_path, pack_size=3)) == [1, 1, 1]
+    assert "training runs one by one (--fused: in packs anyway)" in capsys.readouterr().err
+    assert json.loads((tmp_path / packs.CHOICE_FILE).read_text())["fused"] is False
+    # Another pack size is another measurement, which replaces the record.
+    assert _shape(packs.choose_units(SMOKE, tmp_path, pack_size=2)) == [1, 2]
+    assert len(measured) == 2
+    assert json.loads((tmp_path / packs.CHOICE_FILE).read_text())["pack_size"] == 2
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]", '{"fused": "yes"}'])
+def test_auto_measures_again_over_an_unreadable_record(fake_gpu, tmp_path, text):
+    measured, speedups = fake_gpu
+    speedups.append(3.0)
+    (tmp_path / packs.CHOICE_FILE).write_text(text, encoding="utf-8")
+    assert _shape(packs.choose_units(SMOKE, tmp_path, pack_size=3)) == [3]
+    assert len(measured) == 1
+    assert json.loads((tmp_path / packs.CHOICE_FILE).read_text())["speedup"] == 3.0
+
+
+def test_auto_resumes_an_interrupted_pack_without_measuring(fake_gpu, tmp_path, capsys):
+    measured, _ = fake_gpu
+    ckpt = packs.pack_checkpoint_path(tmp_path, SMOKE)
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"a pack checkpoint")
+    assert _shape(packs.choose_units(SMOKE, tmp_path, pack_size=3)) == [3]
+    assert measured == []
+    assert "resuming interrupted packs" in capsys.readouterr().err
+
+
+def test_measuring_a_pack_writes_nothing_and_changes_no_run(unfused, tmp_path):
+    import torch
+
+    before = torch.get_rng_state()
+    measured = packs.measure_pack_speedup(SMOKE[:2], device="cpu", epochs=1)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert measured["one_run_seconds"] > 0
+    assert measured["pack_seconds"] > 0
+    assert measured["speedup"] == pytest.approx(
+        2 * measured["one_run_seconds"] / measured["pack_seconds"]
+    )
+    run_sweep(SMOKE, tmp_path, device="cpu", progress=False, fused=False)
+    plain = _records(unfused)
+    for name, record in _records(tmp_path).items():
+        assert trained_part(record) == trained_part(plain[name])
+
+
+def test_run_sweep_refuses_an_unknown_fused_value(tmp_path):
+    with pytest.raises(ValueError, match="fused must be True, False or \"auto\"; got 'yes'"):
+        run_sweep(SMOKE, tmp_path, fused="yes")
