@@ -283,6 +283,8 @@ def choose_units(
     same device and pack shape reuses it, and planned packs with a checkpoint are resumed
     whatever the record says. A note on stderr says what was decided and why.
     """
+    import torch
+
     configs = list(configs)
     dev = resolve_device(str(device))
     if dev.type != "cuda":
@@ -297,9 +299,18 @@ def choose_units(
     key = {"device": device_name(dev), "pack_size": len(packs[0]), "shape": _describe_key(packs[0])}
     choice = _recorded_choice(Path(out_dir) / CHOICE_FILE, key)
     if choice is None:
-        measured = measure_pack_speedup(
-            packs[0], device=dev, data_root=data_root, download=download, data=data
-        )
+        try:
+            measured = measure_pack_speedup(
+                packs[0], device=dev, data_root=data_root, download=download, data=data
+            )
+        except (PackFallback, RunError, FloatingPointError, torch.cuda.OutOfMemoryError) as err:
+            torch.cuda.empty_cache()  # what a pack that ran out of memory held
+            print(
+                f"note: fused auto: could not measure a pack ({_why(err)}); training runs one "
+                f"by one",
+                file=sys.stderr,
+            )
+            return [[c] for c in configs]
         choice = {
             **key,
             **measured,

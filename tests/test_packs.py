@@ -383,6 +383,20 @@ def test_auto_measures_again_over_an_unreadable_record(fake_gpu, tmp_path, text)
     assert json.loads((tmp_path / packs.CHOICE_FILE).read_text())["speedup"] == 3.0
 
 
+def test_auto_trains_one_by_one_when_the_pack_cannot_be_measured(
+    fake_gpu, tmp_path, monkeypatch, capsys
+):
+    def refused(configs, **kwargs):
+        raise packs.PackFallback("the pack of 3 runs cannot be trained fused (a reason)")
+
+    monkeypatch.setattr(packs, "measure_pack_speedup", refused)
+    assert _shape(packs.choose_units(SMOKE, tmp_path, pack_size=3)) == [1, 1, 1]
+    err = capsys.readouterr().err
+    assert "fused auto: could not measure a pack (" in err
+    assert "a reason" in err
+    assert not (tmp_path / packs.CHOICE_FILE).exists()
+
+
 def test_auto_resumes_an_interrupted_pack_without_measuring(fake_gpu, tmp_path, capsys):
     measured, _ = fake_gpu
     ckpt = packs.pack_checkpoint_path(tmp_path, SMOKE)
