@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from cbnotes._files import write_json_atomic as write_json
 from cbnotes.data import ImageSet
 from cbnotes.fused import FusedResNet, PackMember, PackTrainer
 from cbnotes.methods import build_criterion
@@ -56,20 +55,6 @@ def sync(device: torch.device) -> None:
     """Wait for queued device work (timing only)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON atomically (temp file + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def synthetic_set(images: int, channels: int, size: int) -> ImageSet:

@@ -15,10 +15,7 @@ gradient used by the package, and the previous autograd path ("reference"), whic
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.benchmark import Timer
 
+from cbnotes._files import write_json_atomic as write_json
 from cbnotes.effective import class_balanced_weights
 from cbnotes.imbalance import long_tailed_counts
 from cbnotes.losses import (
@@ -101,15 +99,6 @@ def measure(min_run_time: float, rounds: int) -> list[dict[str, float | str]]:
             }
         )
     return rows
-
-
-def write_json(path: Path, payload: dict) -> None:
-    """Write ``payload`` as JSON atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(tmp, path)
 
 
 def main() -> None:

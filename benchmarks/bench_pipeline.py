@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +25,7 @@ import torchvision.transforms as T
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from cbnotes._files import write_json_atomic as write_json
 from cbnotes.data import ImageSet
 from cbnotes.models import resnet_cifar
 from cbnotes.pipeline import DeviceLoader
@@ -123,20 +121,6 @@ def train_step(depth: int, device: torch.device) -> Callable[[torch.Tensor, torc
 
 def no_step(x: torch.Tensor, y: torch.Tensor) -> None:
     """Consume a batch (pipeline-only timing)."""
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON atomically (temp file + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

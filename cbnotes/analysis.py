@@ -48,6 +48,20 @@ def results_for(configs: Iterable[RunConfig], out_dir: str | os.PathLike[str]) -
     return df.sort_values("run_id", key=lambda s: s.map(order)).reset_index(drop=True)
 
 
+def preset_results(out_dir: str | os.PathLike[str], preset: str) -> pd.DataFrame:
+    """The finished runs of preset ``preset`` in ``out_dir`` (:func:`results_for`); when there
+    are none, a ValueError that names the command training them."""
+    from cbnotes.presets import get_preset
+
+    df = results_for(get_preset(preset), out_dir)
+    if df.empty:
+        raise ValueError(
+            f"no finished runs of preset {preset!r} in {out_dir}; "
+            f"run `python -m cbnotes run --preset {preset} --out {out_dir}` first"
+        )
+    return df
+
+
 def provenance(df: pd.DataFrame) -> pd.DataFrame:
     """Who made the results: runs per (git revision, dirty flag, device, torch), with dates."""
     needed = ("run_id", "git_rev", "git_dirty", "device", "torch", "finished", "wall_seconds")
@@ -232,14 +246,7 @@ def summary_markdown(out_dir: str | os.PathLike[str], preset: str) -> str:
 
     This is what ``python -m cbnotes summary --markdown`` prints and what the README shows.
     """
-    from cbnotes.presets import get_preset
-
-    df = results_for(get_preset(preset), out_dir)
-    if df.empty:
-        raise ValueError(
-            f"no finished runs of preset {preset!r} in {out_dir}; "
-            f"run `python -m cbnotes run --preset {preset} --out {out_dir}` first"
-        )
+    df = preset_results(out_dir, preset)
     table = cb_vs_plain_markdown(cb_vs_plain(df))
     seeds = int(df["seed"].nunique())
     note = (

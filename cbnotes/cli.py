@@ -728,8 +728,8 @@ def _cmd_figures(args: argparse.Namespace) -> int:
 def _cmd_summary(args: argparse.Namespace) -> int:
     """Class-balanced vs plain for one preset's runs (every method vs the baselines for a
     methods preset)."""
-    from cbnotes.analysis import cb_vs_plain, provenance_text, results_for, summary_markdown
-    from cbnotes.presets import PRESETS, get_preset, resolve_preset_name
+    from cbnotes.analysis import cb_vs_plain, preset_results, provenance_text, summary_markdown
+    from cbnotes.presets import PRESETS, resolve_preset_name
 
     name = resolve_preset_name(args.preset)
     if name in PRESETS and PRESETS[name].methods:
@@ -737,9 +737,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     if args.markdown:
         print(summary_markdown(args.out, args.preset))
         return 0
-    df = results_for(get_preset(args.preset), args.out)
-    if df.empty:
-        raise UserError(f"no finished runs of preset {args.preset!r} in {args.out}")
+    df = preset_results(args.out, args.preset)
     table = cb_vs_plain(df)
     _print_table(
         table.round({c: 2 for c in table.columns if c.endswith(("mean", "std", "diff", "se"))})
@@ -752,7 +750,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 def _summary_methods(args: argparse.Namespace, preset: str) -> int:
     """Every method of a methods preset beside plain softmax and CB softmax."""
-    from cbnotes.analysis import provenance_text, results_for
+    from cbnotes.analysis import preset_results, provenance_text
     from cbnotes.comparison import (
         compare_methods,
         compare_methods_markdown,
@@ -760,14 +758,11 @@ def _summary_methods(args: argparse.Namespace, preset: str) -> int:
         methods_markdown,
         methods_note,
     )
-    from cbnotes.presets import get_preset
 
     if args.markdown:
         print(methods_markdown(args.out, preset))
         return 0
-    df = results_for(get_preset(preset), args.out)
-    if df.empty:
-        raise UserError(f"no finished runs of preset {preset!r} in {args.out}")
+    df = preset_results(args.out, preset)
     table = compare_methods(df)
     print(compare_methods_markdown(table))
     print(f"\n{methods_note(df)}\n\n{provenance_text(df)}")

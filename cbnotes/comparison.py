@@ -19,8 +19,8 @@ from cbnotes.analysis import (
     NOISE_SE,
     difference,
     mean_std_text,
+    preset_results,
     provenance_text,
-    results_for,
     verdict,
 )
 from cbnotes.data import dataset_title
@@ -207,14 +207,7 @@ def methods_markdown(out_dir: str | os.PathLike[str], preset: str) -> str:
     """Markdown: every method of ``preset`` beside plain and CB softmax, then what the numbers
     are and where they came from. What ``cbnotes summary --markdown`` prints for a methods
     preset, and what the README's methods table shows."""
-    from cbnotes.presets import get_preset
-
-    df = results_for(get_preset(preset), out_dir)
-    if df.empty:
-        raise ValueError(
-            f"no finished runs of preset {preset!r} in {out_dir}; "
-            f"run `python -m cbnotes run --preset {preset} --out {out_dir}` first"
-        )
+    df = preset_results(out_dir, preset)
     table = compare_methods_markdown(compare_methods(df))
     return f"{table}\n\n{methods_note(df)} Preset `{preset}`: {provenance_text(df)}"
 

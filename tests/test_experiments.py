@@ -324,19 +324,14 @@ def _comparable(record: dict) -> dict:
     }
 
 
-def test_an_interrupted_run_resumes_where_it_stopped_and_ends_identically(tmp_path, monkeypatch):
+def test_an_interrupted_run_resumes_where_it_stopped_and_ends_identically(
+    tmp_path, monkeypatch, ctrl_c_at
+):
     reference = run_experiment(TINY, tmp_path / "straight", device="cpu", progress=False)
 
     out = tmp_path / "interrupted"
-    original = Trainer.train_epoch
     trained: list[int] = []
-
-    def interrupt_at_epoch_1(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupt_at_epoch_1)
+    original = ctrl_c_at(1)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(TINY, out, device="cpu", progress=False)
     assert checkpoint_path(out, TINY).exists()
@@ -357,15 +352,8 @@ def test_an_interrupted_run_resumes_where_it_stopped_and_ends_identically(tmp_pa
     assert result_path(out, TINY).exists()
 
 
-def test_a_checkpoint_of_another_config_is_refused(tmp_path, monkeypatch):
-    original = Trainer.train_epoch
-
-    def interrupt_at_epoch_1(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupt_at_epoch_1)
+def test_a_checkpoint_of_another_config_is_refused(tmp_path, ctrl_c_at):
+    ctrl_c_at(1)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(TINY, tmp_path, device="cpu", progress=False)
     other = dataclasses.replace(TINY, seed=1)
@@ -534,16 +522,9 @@ def test_time_based_checkpoints_resume_to_the_same_result_file(tmp_path, monkeyp
 
 
 def test_an_interruption_before_the_first_time_based_checkpoint_says_so(
-    tmp_path, monkeypatch, capsys
+    tmp_path, capsys, ctrl_c_at
 ):
-    original = Trainer.train_epoch
-
-    def interrupt_at_epoch_1(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupt_at_epoch_1)
+    ctrl_c_at(1)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(TINY, tmp_path, device="cpu", progress=False, checkpoint_every=3600)
     assert not checkpoint_path(tmp_path, TINY).exists()

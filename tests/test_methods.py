@@ -293,17 +293,10 @@ def _comparable(record: dict) -> dict:
 @pytest.mark.parametrize(
     "name", ["drw", "resample", "ldam_drw", "balanced_softmax", "logit_adjusted"]
 )
-def test_every_new_method_resumes_bit_for_bit(name, tmp_path, monkeypatch):
+def test_every_new_method_resumes_bit_for_bit(name, tmp_path, monkeypatch, ctrl_c_at):
     config = _tiny(name)
     reference = run_experiment(config, tmp_path / "straight", device="cpu", progress=False)
-    original = Trainer.train_epoch
-
-    def interrupt_at_epoch_3(self, epoch):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupt_at_epoch_3)
+    original = ctrl_c_at(3)
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, out, device="cpu", progress=False)
