@@ -31,8 +31,11 @@ from typing import TYPE_CHECKING
 # otherwise: on a CPU shared with other work spinning threads burn the cores the training
 # needs. On a loaded 2-core machine an epoch of the CPU study's model with 2 torch threads
 # took 5.4x less wall time (4.1x less CPU time) with it (benchmarks/bench_training.py
-# --only omp_passive). OpenMP reads it when torch loads, which this module does only later,
-# inside the commands (`python -m cbnotes` and the `cbnotes` script both start here).
+# --only omp_passive); with one other busy process, 1.9x less. On an idle machine it costs
+# 8 to 13 % of wall time (threads wake up later); runs of one thread each (--jobs auto) have
+# no thread to wait for and are faster still. OpenMP reads the variable when torch loads,
+# which this module does only later, inside the commands (`python -m cbnotes` and the
+# `cbnotes` script both start here).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from cbnotes._files import check_out_dir
@@ -68,6 +71,7 @@ examples:
   cbnotes run --preset cpu --dry-run               list the runs and which are finished
   cbnotes run --preset cpu --if 100 --loss focal   only IF 100, only focal runs
   cbnotes run --preset cpu --seeds 0 1 2 3 4       the preset's runs for 5 seeds
+  cbnotes run --preset cpu --jobs auto             one run per CPU core at once (1 thread each)
   cbnotes run --preset paper --dataset cifar10 --if 50 --device cuda --download
   cbnotes run --preset paper --backend ray --download     every GPU of this machine, 4 runs per GPU
   cbnotes run --preset paper --backend ray --address auto --out /shared/runs   a Ray cluster
@@ -205,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the selected runs and their status, train nothing",
     )
     _add_execution(run)
+    run.add_argument(
+        "--jobs",
+        default="1",
+        metavar="N|auto",
+        help="train N runs at once in worker processes, the CPU cores shared out among them "
+        "(auto: one per core on a CPU, 1 on a GPU; default: 1). On a CPU, runs of one thread "
+        "each are faster in all than one run using every core; a run's numbers depend on its "
+        "thread count, which its result records",
+    )
     ray = run.add_argument_group(
         "distributed (Ray)",
         "Each run becomes a Ray task. --out must be storage every node sees at the same path; "
@@ -490,6 +503,8 @@ def _sweep(configs: list[RunConfig], args: argparse.Namespace) -> int:
         "compile": args.compile or False,
         "checkpoint_every": args.checkpoint_every,
     }
+    if getattr(args, "jobs", 1) != 1 and getattr(args, "backend", "local") == "local":
+        options["jobs"] = args.jobs
     fused = getattr(args, "fused", None)
     if fused is not None or getattr(args, "backend", "local") == "ray":
         options.update(fused=bool(fused), pack_size=args.pack_size)  # Ray: packs only if asked
@@ -546,6 +561,19 @@ def _check_runtime(args: argparse.Namespace) -> None:
         )
 
 
+def _jobs_value(text: str) -> int | str:
+    """--jobs as "auto" or an integer >= 1; a UserError otherwise."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"--jobs must be an integer >= 1 or auto; got {text!r}")
+    return value
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     """Run (or list with --dry-run) a preset."""
     from cbnotes.presets import resolve_preset_name
@@ -583,6 +611,9 @@ def _check_fused(args: argparse.Namespace) -> None:
     """UserError for --fused / --pack-size values that cannot work together."""
     if args.pack_size is not None and args.fused is False:
         raise UserError("--pack-size sets the size of fused packs: drop --no-fused")
+    args.jobs = _jobs_value(args.jobs)
+    if args.jobs != 1 and args.backend == "ray":
+        raise UserError("--jobs is for --backend local; Ray runs as many runs as --workers allows")
     if args.pack_size is not None and args.fused is None and args.backend == "ray":
         raise UserError("--pack-size sets the size of fused packs: with --backend ray add --fused")
     if args.pack_size is not None and args.pack_size < 1:

@@ -1,5 +1,8 @@
 """Fused sweeps (``cbnotes run --fused``): pending runs trained in packs, one result per run.
 
+Without ``--fused`` or ``--no-fused`` (``run_sweep(fused="auto")``) :func:`choose_units`
+decides: runs one by one on a CPU, packs on a GPU if a measured pack beats its runs there.
+
 :func:`plan_sweep` groups the runs of a sweep that can share a pack (:func:`pack_key`: one
 dataset, imbalance factor and data seed, one model shape and head, one number of epochs, batch
 size, AMP mode and evaluation interval; they may differ in method, method parameters, seed,

@@ -24,7 +24,8 @@ What can go wrong, and what happens:
   listing the failed runs and why. Ctrl-C stops the sweep at once; run it again to resume.
 
 ``run_sweep(..., fused=True)`` trains pending runs that share a dataset and model shape in
-packs (:mod:`cbnotes.packs`), with the same promises and result files.
+packs (:mod:`cbnotes.packs`), with the same promises and result files; the default,
+``fused="auto"``, does so only where a pack is measured to be faster (on a GPU, never on a CPU).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from cbnotes.results import (
     move_away,
     read_result,
     result_path,
+    run_status,
     summary_row,
     write_summary,
 )
@@ -662,6 +664,7 @@ def run_sweep(
     *,
     fused: bool | str = "auto",
     pack_size: int | None = None,
+    jobs: int | str = 1,
     **kwargs: Any,
 ) -> pd.DataFrame:
     """Run every config (finished ones are skipped), write ``summary.csv``; return their rows.
@@ -682,6 +685,10 @@ def run_sweep(
     run is trained one by one as with ``fused=False``. ``fused="auto"`` (the default) trains
     in packs where that is faster: never on a CPU, and on a GPU if a measured pack beats its
     runs one by one (:func:`cbnotes.packs.choose_units`).
+
+    ``jobs`` > 1 trains that many runs (or packs) at once in worker processes, the CPU cores
+    shared out among them (:mod:`cbnotes.parallel`); "auto" is one per core on a CPU, 1 on a
+    GPU. A run's numbers depend on its torch thread count, which its result records.
     """
     from cbnotes.results import frame
 
@@ -711,7 +718,20 @@ def run_sweep(
         from cbnotes.packs import plan_sweep
 
         units = plan_sweep(configs, out_dir, pack_size=pack_size, device=kwargs.get("device"))
-    records, failures = _run_units(units, out_dir, kwargs, cache)
+    from cbnotes.parallel import resolve_jobs
+
+    workers = resolve_jobs(jobs, kwargs.get("device", "auto"))
+    folder = Path(out_dir)
+    todo = [u for u in units if len(u) > 1 or run_status(u[0], folder) != "finished"]
+    if workers > 1 and len(todo) > 1:
+        from cbnotes.parallel import run_units
+
+        records, failures = _run_units([u for u in units if u not in todo], out_dir, kwargs, cache)
+        more, failed = run_units(todo, out_dir, kwargs, workers)
+        records.update(more)
+        failures.update(failed)
+    else:
+        records, failures = _run_units(units, out_dir, kwargs, cache)
     if Path(out_dir).is_dir():
         write_summary(out_dir)
     results = frame([summary_row(records[c.run_id]) for c in configs if c.run_id in records])

@@ -12,7 +12,9 @@ bash scripts/setup.sh
 bash scripts/get_data.sh
 OUT=${OUT:-outputs/main}
 status=0
-.venv/bin/python -m cbnotes run --preset "${PRESET:-auto}" --out "$OUT" --download || status=$?
+# --jobs auto: on a CPU one run per core, one thread each (faster in all than one run on every
+# core); on a GPU one run at a time.
+.venv/bin/python -m cbnotes run --preset "${PRESET:-auto}" --out "$OUT" --download --jobs auto || status=$?
 if [ "$status" -ne 0 ] && [ "$status" -ne 1 ]; then
   exit "$status"  # a user error (2) or Ctrl-C (130): nothing new to summarize
 fi
