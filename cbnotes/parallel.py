@@ -120,6 +120,25 @@ def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
                 process.terminate()
 
 
+def _download_once(units: Sequence[list[RunConfig]], data_root: Any) -> None:
+    """Download the data sets of ``units`` here, once each, so that the workers (which load
+    them with ``download`` too) never download the same files at the same time."""
+    from cbnotes.data import load_dataset
+
+    done: set[str] = set()
+    for unit in units:
+        config = unit[0]
+        if config.dataset not in done:
+            load_dataset(
+                config.dataset,
+                imbalance_factor=config.imbalance_factor,
+                root=data_root,
+                seed=config.data_seed,
+                download=True,
+            )
+            done.add(config.dataset)
+
+
 def run_units(
     units: Sequence[list[RunConfig]],
     out_dir: str | os.PathLike[str],
@@ -134,6 +153,8 @@ def run_units(
     from tqdm.auto import tqdm
 
     _check_out_dirs(out_dir)  # before any worker starts
+    if kwargs.get("download"):
+        _download_once(units, kwargs.get("data_root"))
     show = kwargs.get("progress", True)
     kwargs = {**kwargs, "progress": False}
     folder = str(Path(out_dir))

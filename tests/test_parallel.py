@@ -138,3 +138,16 @@ def test_resolve_jobs():
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="jobs must be an integer >= 1"):
             resolve_jobs(bad)
+
+
+def test_with_download_each_data_set_is_fetched_once_before_the_workers_start(monkeypatch):
+    import cbnotes.data
+    from cbnotes import parallel
+
+    calls = []
+    monkeypatch.setattr(cbnotes.data, "load_dataset", lambda name, **kw: calls.append((name, kw)))
+    cifar = dataclasses.replace(SMOKE[0], dataset="cifar10", imbalance_factor=100.0)
+    parallel._download_once([[SMOKE[0]], [SMOKE[1]], [cifar], SMOKE[1:]], "/data")
+    assert [name for name, _ in calls] == ["synthetic", "cifar10"]
+    assert all(kw["download"] is True for _, kw in calls)
+    assert all(kw["root"] == "/data" for _, kw in calls)
