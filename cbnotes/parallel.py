@@ -5,8 +5,8 @@ processes with one torch thread each train the CPU study's model about 1.4 to 1.
 fast in all as one process with two threads (``benchmarks/bench_main_job.py``), and a
 one-thread process never waits at a thread barrier, so it does not collapse when other work
 shares the machine. :func:`run_units` trains the units of a sweep (single runs, or packs) in
-``jobs`` spawned processes with ``cores // jobs`` torch threads each; every process keeps its
-data sets between the units it trains.
+``jobs`` spawned processes (at most one per unit) with the cores shared out among them as
+torch threads; every process keeps its data sets between the units it trains.
 
 The runner's promises hold: each run writes its result and checkpoints as it would alone; a
 run that fails for a reason of its own is listed and the others go on; a pack that cannot be
@@ -145,7 +145,8 @@ def run_units(
     kwargs: dict[str, Any],
     jobs: int,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """Train ``units`` in ``jobs`` worker processes; the records and failures by run id.
+    """Train ``units`` in ``jobs`` worker processes (fewer if there are fewer units, each with
+    a larger share of the cores); the records and failures by run id.
 
     ``kwargs`` go to :func:`cbnotes.runner.run_experiment` (and ``run_pack``); the workers
     show no progress bars, this process shows one for the runs.
@@ -161,11 +162,12 @@ def run_units(
     records: dict[str, dict[str, Any]] = {}
     failures: dict[str, str] = {}
     bar = tqdm(total=sum(len(u) for u in units), desc="runs", unit="run", disable=not show)
+    workers = max(1, min(jobs, len(units)))  # the cores are shared among those that work
     pool = concurrent.futures.ProcessPoolExecutor(
-        max_workers=max(1, min(jobs, len(units))),
+        max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker,
-        initargs=(threads_per_job(jobs),),
+        initargs=(threads_per_job(workers),),
     )
     try:
         pending = {pool.submit(_train_unit, list(u), folder, kwargs): list(u) for u in units}

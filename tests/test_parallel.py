@@ -151,3 +151,12 @@ def test_with_download_each_data_set_is_fetched_once_before_the_workers_start(mo
     assert [name for name, _ in calls] == ["synthetic", "cifar10"]
     assert all(kw["download"] is True for _, kw in calls)
     assert all(kw["root"] == "/data" for _, kw in calls)
+
+
+def test_fewer_runs_than_jobs_share_all_the_cores(tmp_path, monkeypatch):
+    from cbnotes import parallel
+
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 16)  # read here, not in the workers
+    run_sweep(SMOKE[:2], tmp_path, device="cpu", progress=False, jobs="auto")
+    threads = [r["environment"]["torch_threads"] for r in _records(tmp_path).values()]
+    assert threads == [8, 8]  # 2 runs: 2 workers of 16 // 2 threads, not 16 workers of 1
