@@ -561,17 +561,19 @@ def _check_runtime(args: argparse.Namespace) -> None:
         )
 
 
-def _jobs_value(text: str) -> int | str:
-    """--jobs as "auto" or an integer >= 1; a UserError otherwise."""
-    if text == "auto":
-        return text
+def _check_jobs(args: argparse.Namespace) -> None:
+    """--jobs as "auto" or an integer >= 1 in ``args.jobs``; a UserError otherwise, and for
+    --jobs with --backend ray."""
+    text = args.jobs
     try:
-        value = int(text)
+        value = text if text == "auto" else int(text)
     except ValueError:
         value = 0
-    if value < 1:
+    if value != "auto" and value < 1:
         raise UserError(f"--jobs must be an integer >= 1 or auto; got {text!r}")
-    return value
+    if value != 1 and args.backend == "ray":
+        raise UserError("--jobs is for --backend local; Ray runs as many runs as --workers allows")
+    args.jobs = value
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -583,6 +585,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         args.preset = resolve_preset_name("auto")
         print(f"--preset auto: running {args.preset!r} on this machine", flush=True)
     _check_fused(args)
+    _check_jobs(args)
     _check_runtime(args)
     configs = _selected(args)
     if args.fused and args.pack_size is None and args.backend == "local":
@@ -611,9 +614,6 @@ def _check_fused(args: argparse.Namespace) -> None:
     """UserError for --fused / --pack-size values that cannot work together."""
     if args.pack_size is not None and args.fused is False:
         raise UserError("--pack-size sets the size of fused packs: drop --no-fused")
-    args.jobs = _jobs_value(args.jobs)
-    if args.jobs != 1 and args.backend == "ray":
-        raise UserError("--jobs is for --backend local; Ray runs as many runs as --workers allows")
     if args.pack_size is not None and args.fused is None and args.backend == "ray":
         raise UserError("--pack-size sets the size of fused packs: with --backend ray add --fused")
     if args.pack_size is not None and args.pack_size < 1:

@@ -31,7 +31,14 @@ from typing import Any
 from cbnotes._files import PlaceError
 from cbnotes.config import RunConfig
 from cbnotes.provenance import resolve_device
-from cbnotes.runner import DataCache, PackFallback, RunError, _check_out_dirs, _unit_name
+from cbnotes.runner import (
+    DataCache,
+    PackFallback,
+    RunError,
+    _check_out_dirs,
+    _unit_name,
+    train_unit,
+)
 
 __all__ = ["resolve_jobs", "run_units", "threads_per_job"]
 
@@ -93,16 +100,10 @@ def _train_unit(
 ) -> dict[str, dict[str, Any]]:
     """In a worker: train one run or one pack; their result records by run id."""
     global _busy, _data
-    from cbnotes.runner import run_experiment
-
     _data = _data or DataCache()
     _busy = True
     try:
-        if len(unit) == 1:
-            return {unit[0].run_id: run_experiment(unit[0], out_dir, data=_data, **kwargs)}
-        from cbnotes.packs import run_pack
-
-        return run_pack(unit, out_dir, data=_data, **kwargs)
+        return train_unit(unit, out_dir, _data, kwargs)
     except BaseException as err:
         raise _portable(err) from None
     finally:

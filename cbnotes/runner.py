@@ -721,17 +721,22 @@ def run_sweep(
     from cbnotes.parallel import resolve_jobs
 
     workers = resolve_jobs(jobs, kwargs.get("device", "auto"))
-    folder = Path(out_dir)
-    todo = [u for u in units if len(u) > 1 or run_status(u[0], folder) != "finished"]
-    if workers > 1 and len(todo) > 1:
+    here: list[list[RunConfig]] = units  # finished runs are read here, not by a worker
+    todo: list[list[RunConfig]] = []
+    if workers > 1:
+        here = []
+        for unit in units:
+            finished = len(unit) == 1 and run_status(unit[0], out_dir) == "finished"
+            (here if finished else todo).append(unit)
+        if len(todo) < 2:
+            here, todo = units, []
+    records, failures = _run_units(here, out_dir, kwargs, cache)
+    if todo:
         from cbnotes.parallel import run_units
 
-        records, failures = _run_units([u for u in units if u not in todo], out_dir, kwargs, cache)
         more, failed = run_units(todo, out_dir, kwargs, workers)
         records.update(more)
         failures.update(failed)
-    else:
-        records, failures = _run_units(units, out_dir, kwargs, cache)
     if Path(out_dir).is_dir():
         write_summary(out_dir)
     results = frame([summary_row(records[c.run_id]) for c in configs if c.run_id in records])
@@ -745,6 +750,21 @@ def _unit_name(unit: list[RunConfig]) -> str:
     if len(unit) == 1:
         return f"run {unit[0].run_id}"
     return f"pack of {len(unit)} runs ({', '.join(c.run_id for c in unit)})"
+
+
+def train_unit(
+    unit: list[RunConfig],
+    out_dir: str | os.PathLike[str],
+    data: DataCache,
+    kwargs: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """Train one run (:func:`run_experiment`) or one pack (:func:`cbnotes.packs.run_pack`);
+    the result records by run id. ``kwargs`` go to either."""
+    if len(unit) == 1:
+        return {unit[0].run_id: run_experiment(unit[0], out_dir, data=data, **kwargs)}
+    from cbnotes.packs import run_pack
+
+    return run_pack(unit, out_dir, data=data, **kwargs)
 
 
 def _run_units(
@@ -772,12 +792,7 @@ def _run_units(
         unit = queue.popleft()
         bar.set_postfix_str(unit[0].run_id if len(unit) == 1 else f"pack of {len(unit)}")
         try:
-            if len(unit) == 1:
-                records[unit[0].run_id] = run_experiment(unit[0], out_dir, data=cache, **kwargs)
-            else:
-                from cbnotes.packs import run_pack
-
-                records.update(run_pack(unit, out_dir, data=cache, **kwargs))
+            records.update(train_unit(unit, out_dir, cache, kwargs))
         except PackFallback as err:
             print(f"note: {err}; training its runs one by one", file=sys.stderr)
             queue.extendleft([c] for c in reversed(unit))
