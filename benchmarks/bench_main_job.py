@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cbnotes._files import write_json_atomic
-from cbnotes.provenance import cpu_description
+from cbnotes.provenance import cpu_description, git_revision
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "9526e13"
@@ -127,17 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.busy < 0 or (args.epochs is not None and args.epochs < 1):
         parser.error("--repeats and --epochs must be >= 1, --busy >= 0")
-    revision = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    dirty = bool(
-        subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    )
+    revision = git_revision()  # the tree measured as "current"
     with tempfile.TemporaryDirectory() as tmp:
         baseline = Path(tmp) / "baseline"
         subprocess.run(
@@ -162,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload = {
         "meta": {
             "baseline": args.baseline,
-            "current": revision + ("-dirty" if dirty else ""),
+            "current": (revision["git_rev"] or "unknown")[:7]
+            + ("-dirty" if revision["git_dirty"] else ""),
             "preset": args.preset,
             "epochs": args.epochs,
             "repeats": args.repeats,
