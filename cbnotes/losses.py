@@ -21,9 +21,10 @@ one label per sample and rejects such targets.
 The focal modulator ``(1 - p^t)^γ`` is ``exp(-γ·t·z - γ·softplus(-z))`` with ``t`` the one-hot
 target (:func:`focal_modulator`), which stays finite (with finite gradients) for any logit and
 any γ >= 0. The focal loss itself is a ``torch.autograd.Function`` with a closed-form gradient
-built from log1p, sigmoid and exp of non-positive numbers only, cheaper than differentiating the
-terms with autograd (``create_graph=True`` still gives second derivatives). All losses are
-computed in float32 (or float64 for float64 logits), with autocast disabled.
+(for integer labels from softplus, sigmoid and exp of non-positive numbers only), cheaper than
+differentiating the terms with autograd (``create_graph=True`` still gives second
+derivatives). All losses are computed in float32 (or float64 for float64 logits), with
+autocast disabled.
 
 Later methods on the same benchmark, with the same conventions (float32 buffers in the module
 forms, validation once in ``__init__``, no device sync per step):
@@ -298,20 +299,6 @@ def _focal_parts(
     return torch.exp(exponent * -gamma), bce
 
 
-def _focal_parts_signed(negated: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_focal_parts` for one-hot targets, from the negated signed logit ``-x``.
-
-    ``-x`` is ``z`` with the target column negated; ``b = softplus(-x) = L + relu(-x)`` and
-    ``u = softplus(x) = L + relu(x)``. These are the operations of :func:`_focal_parts` for a
-    binary ``t``, value for value, so both give bitwise the same loss.
-    """
-    positive = torch.relu(negated)
-    log_term = torch.log1p(torch.exp(torch.sub(negated, positive, alpha=2.0)))
-    bce = log_term + positive
-    exponent = (positive - negated) + log_term  # relu(-x) - (-x) = relu(x), exactly
-    return torch.exp(exponent * -gamma), bce
-
-
 def _focal_grad(
     z: torch.Tensor,
     targets: torch.Tensor,
@@ -326,19 +313,6 @@ def _focal_grad(
     c_2 = torch.addcmul(targets, bce, negatives, value=-gamma)
     slope = torch.addcmul(torch.sigmoid(z) * c_1, torch.sigmoid(-z), c_2, value=-1.0)
     return slope * modulator * scale
-
-
-def _focal_grad_signed(
-    negated: torch.Tensor,
-    sign: torch.Tensor,
-    modulator: torch.Tensor,
-    bce: torch.Tensor,
-    scale: torch.Tensor,
-    gamma: float,
-) -> torch.Tensor:
-    """``scale·∂f/∂z = scale·sign·m·(σ(-x) + γ·b·σ(x))`` for one-hot targets (``-x = sign·z``)."""
-    slope = torch.addcmul(torch.sigmoid(negated), bce, torch.sigmoid(-negated), value=gamma)
-    return slope * modulator * sign * scale
 
 
 class _FocalLoss(torch.autograd.Function):
@@ -388,13 +362,47 @@ class _FocalLoss(torch.autograd.Function):
         return grad_z * grad if needs_z else None, grad_t, grad_row, None
 
 
+def _signed_parts(
+    negated: torch.Tensor, gamma: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``b = -log p^t``, ``s = 1 - p^t`` and ``m = (1-p^t)^γ`` from ``n = -x``, the negated
+    signed logit (``z`` with its target column negated; ``p^t = σ(x)``).
+
+    ``b = softplus(n)`` and ``s = σ(n)``, one fused kernel each and exact to rounding for every
+    ``n`` (softplus is ``log1p(exp(n))`` up to n = 40, past which it is ``n`` to 1e-17 relative);
+    ``m`` is ``s``, ``sqrt(s)`` and ``s·s`` for the paper's γ = 1, 0.5 and 2, else
+    ``exp(γ·log s)``; all keep ``s``'s relative precision (``pow`` does too, at three times the
+    cost of ``exp(γ·log s)``).
+    """
+    bce = F.softplus(negated, threshold=40.0)
+    below = torch.sigmoid(negated)
+    if gamma == 1.0:
+        return bce, below, below
+    if gamma == 0.5:
+        return bce, below, torch.sqrt(below)
+    if gamma == 2.0:
+        return bce, below, below * below
+    return bce, below, torch.exp(torch.log(below) * _constant(gamma, negated.dtype))
+
+
+def _signed_slope(bce: torch.Tensor, below: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``∂f/∂n / m = σ(n) + γ·b·σ(-n)``, a sum of non-negative terms (no cancellation), with
+    ``σ(-n) = exp(-b)`` (relative error ``b·ε`` where ``σ(-n)`` is tiny and its term with it)."""
+    above = torch.exp(torch.neg(bce))
+    if gamma == 1.0:
+        return torch.addcmul(below, bce, above)
+    return torch.addcmul(below, bce, above, value=gamma)
+
+
 class _FocalLossLabels(torch.autograd.Function):
     """:class:`_FocalLoss` for integer labels, given as ``sign`` (B, C): -1 at the targets.
 
-    Works on ``-x = sign·z``: per element ``f = m·b`` with ``b = softplus(-x)``,
-    ``m = exp(-γ·softplus(x))`` and ``∂f/∂(-x) = m·(σ(-x) + γ·b·σ(x))``, a sum of
-    non-negative terms (no cancellation); ``∂f/∂z = sign·∂f/∂(-x)``. As in
-    :class:`_FocalLoss`, the gradient is computed in the forward pass.
+    Works on ``n = sign·z = -x``: per element ``f = m·b`` with ``b = softplus(n)`` and
+    ``m = σ(n)^γ`` (:func:`_signed_parts`), ``∂f/∂n = m·(σ(n) + γ·b·σ(-n))``
+    (:func:`_signed_slope`) and ``∂f/∂z = sign·∂f/∂n``: about half the tensor operations of
+    :class:`_FocalLoss`'s form for soft targets, which is what costs most at a classifier's
+    batch size (``benchmarks/bench_losses.py``). For a one-hot row the two agree to rounding,
+    not bit for bit. As in :class:`_FocalLoss`, the gradient is computed in the forward pass.
     """
 
     @staticmethod
@@ -402,23 +410,12 @@ class _FocalLossLabels(torch.autograd.Function):
         ctx: Any, z: torch.Tensor, sign: torch.Tensor, row: torch.Tensor, gamma: float
     ) -> torch.Tensor:
         """Focal terms of ``z`` (B, C) with targets where ``sign`` is -1, weighted by ``row``."""
-        # _focal_parts_signed, then _focal_grad_signed without its two sigmoids, in place on a
-        # few buffers: with e = exp(-|z|), I = [-x > 0] and J = 1 - I, σ(-x)·(1 + e) = I + J·e
-        # and σ(x)·(1 + e) = J + I·e, each exact (one term is 0).
-        negated = z * sign
-        modulator = torch.relu(negated)  # relu(-x) for now
-        exp_abs = torch.sub(negated, modulator, alpha=2.0).exp_()  # exp(-|z|)
-        log_term = torch.log1p(exp_abs)
-        bce = log_term + modulator
-        above = torch.sign(modulator)  # I, in {0, 1}
-        modulator.sub_(negated).add_(log_term).mul_(_constant(-gamma, z.dtype)).exp_()
-        below = torch.sub(1.0, above, out=log_term)  # J
-        slope = torch.addcmul(above, below, exp_abs)  # σ(-x)·(1 + e)
-        slope.addcmul_(bce, below.addcmul_(above, exp_abs), value=gamma)  # + γ·b·σ(x)·(1 + e)
-        grad_z = slope.div_(exp_abs.add_(1.0)).mul_(modulator).mul_(sign).mul_(row.unsqueeze(1))
+        bce, below, modulator = _signed_parts(z * sign, gamma)
+        scaled = modulator * row.unsqueeze(1)  # m·r_b
+        grad_z = _signed_slope(bce, below, gamma).mul_(scaled).mul_(sign)
         ctx.save_for_backward(grad_z, z, sign, row)
         ctx.gamma = gamma
-        return torch.dot(row, bce.mul_(modulator).sum(dim=1))
+        return bce.mul_(scaled).sum()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -427,12 +424,18 @@ class _FocalLossLabels(torch.autograd.Function):
         gamma = ctx.gamma
         needs_row = ctx.needs_input_grad[2]
         if torch.is_grad_enabled() or needs_row:  # create_graph=True, or a gradient for row
-            negated = z * sign
-            modulator, bce = _focal_parts_signed(negated, gamma)
+            bce, below, modulator = _signed_parts(z * sign, gamma)
             if torch.is_grad_enabled():
-                grad_z = _focal_grad_signed(negated, sign, modulator, bce, row.unsqueeze(1), gamma)
+                slope = _signed_slope(bce, below, gamma)
+                grad_z = slope * (modulator * row.unsqueeze(1)) * sign
         grad_row = grad * (modulator * bce).sum(dim=1) if needs_row else None
         return grad_z * grad if ctx.needs_input_grad[0] else None, None, grad_row, None
+
+
+def _signed_focal_value(z: torch.Tensor, sign: torch.Tensor, row: torch.Tensor, gamma: float):
+    """:class:`_FocalLossLabels`'s value without its gradient (the same operations)."""
+    bce, _, modulator = _signed_parts(z * sign, gamma)
+    return bce.mul_(modulator * row.unsqueeze(1)).sum()
 
 
 @functools.lru_cache(maxsize=64)
@@ -497,10 +500,10 @@ def _weighted_loss(
             index = labels.unsqueeze(1)
             if fast_focal:
                 sign = torch.ones_like(z).scatter_(1, index, -1.0)
+                row = alpha / _constant(batch, z.dtype)  # = alpha / batch, without wrapping batch
                 if wants_grad:
-                    return _FocalLossLabels.apply(z, sign, alpha / batch, gamma)
-                modulator, bce = _focal_parts_signed(z * sign, gamma)  # no gradient wanted
-                return torch.dot(alpha / batch, (modulator * bce).sum(dim=1))
+                    return _FocalLossLabels.apply(z, sign, row, gamma)
+                return _signed_focal_value(z, sign, row, gamma)  # no gradient wanted
             targets = torch.zeros_like(z).scatter_(1, index, 1.0)  # one-hot
         if loss_type == "focal" and gamma:
             terms = _focal_terms_reference(z, targets, gamma)

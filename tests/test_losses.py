@@ -460,16 +460,31 @@ def test_loading_the_same_configuration_works_in_any_float_dtype():
 
 
 @pytest.mark.parametrize("gamma", GAMMAS)
-@pytest.mark.parametrize("kind", ["sigmoid", "focal"])
-def test_one_hot_float_targets_give_exactly_the_integer_label_loss(kind, gamma):
+def test_one_hot_float_targets_give_exactly_the_integer_label_sigmoid_loss(gamma):
     logits, labels = batch(seed=24, size=8)
     targets = F.one_hot(labels, 4).float()
-    module = ClassBalancedLoss(COUNTS, kind, 0.999, gamma)
+    module = ClassBalancedLoss(COUNTS, "sigmoid", 0.999, gamma)
     assert torch.equal(module(logits, targets), module(logits, labels))
     assert torch.equal(
-        class_balanced_loss(logits, targets, COUNTS, kind, 0.999, gamma),
-        class_balanced_loss(logits, labels, COUNTS, kind, 0.999, gamma),
+        class_balanced_loss(logits, targets, COUNTS, "sigmoid", 0.999, gamma),
+        class_balanced_loss(logits, labels, COUNTS, "sigmoid", 0.999, gamma),
     )
+
+
+@pytest.mark.parametrize("gamma", [0.3, 0.5, 1.0, 2.0])
+def test_one_hot_float_targets_give_the_integer_label_focal_loss_and_gradient(gamma):
+    """Focal takes another form for integer labels (fewer operations), equal to rounding."""
+    z, labels = random_case(24, 3.0, multi_hot=False)
+    targets = F.one_hot(labels, 100).float()
+    module = ClassBalancedLoss(COUNTS * 25, "focal", 0.999, gamma)
+    results = []
+    for given in (labels, targets):
+        logits = z.clone().requires_grad_(True)
+        loss = module(logits, given)
+        results.append((loss.detach(), *torch.autograd.grad(loss, logits)))
+    (loss, grad), (loss_t, grad_t) = (r[:2] for r in results)
+    torch.testing.assert_close(loss_t, loss, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad_t, grad, rtol=1e-5, atol=1e-6 * float(grad.abs().max()))
 
 
 def test_multi_hot_rows_by_hand():
@@ -652,8 +667,11 @@ def test_closed_form_is_finite_and_matches_the_reference_limit_at_extremes(gamma
         torch.testing.assert_close(loss.double(), exact_loss, rtol=rtol, atol=0)
         tiny = torch.finfo(dtype).tiny  # float32 flushes the smallest terms to zero
         torch.testing.assert_close(grad.double(), exact_grad, rtol=rtol, atol=tiny)
-    confident = (z[:, 0] >= 100) & (z[:, 1] <= -100)  # p^t rounds to 1 in both columns
-    assert torch.equal(grad[confident], torch.zeros_like(grad[confident]))
+    # p^t rounds to 1 in both columns (target logit +v, the other -v): no loss, no gradient
+    sure = torch.tensor([[1e3, -1e3], [1e4, -1e4]], dtype=dtype)
+    loss, grad = loss_and_grad(sure, torch.zeros(2, dtype=torch.long), gamma, reference=False)
+    assert float(loss) == 0.0
+    assert torch.equal(grad, torch.zeros_like(grad))
 
 
 @pytest.mark.parametrize("gamma", [0.3, 1.0, 2.5])
@@ -699,7 +717,7 @@ def test_focal_gradient_with_respect_to_the_weights():
         assert torch.autograd.gradcheck(fn, (w,))
 
 
-@pytest.mark.parametrize("gamma", [0.3, 2.0])
+@pytest.mark.parametrize("gamma", [0.3, 0.5, 1.0, 2.0])  # every branch of _signed_parts
 def test_integer_label_focal_gradgradcheck_in_float64(gamma):
     logits, labels = batch(seed=37, size=5, dtype=torch.float64)
     w = class_balanced_weights(COUNTS, 0.99).double()
