@@ -388,10 +388,12 @@ def build_trainer(
     download: bool = False,
     compile: bool | str = False,
     data: DataCache | None = None,
+    channels_last: bool | None = None,
 ) -> Any:
     """Data, model, criterion, loaders and :class:`~cbnotes.training.Trainer` for ``config``
     (the run's parts from :func:`build_parts`, weight-decay groups from the registry);
-    ``compile`` goes to the Trainer; ``data`` keeps the data sets between runs of a sweep."""
+    ``compile`` and ``channels_last`` go to the Trainer; ``data`` keeps the data sets between
+    runs of a sweep."""
     from cbnotes.pipeline import DeviceLoader
     from cbnotes.training import Trainer
 
@@ -412,6 +414,7 @@ def build_trainer(
         progress=progress,
         compile=compile,
         posthoc_tau=parts.posthoc_tau,
+        channels_last=channels_last,
     )
 
 
@@ -469,6 +472,8 @@ def run_experiment(
             saved = _load_checkpoint(ckpt, config)
         except DamagedCheckpointError as err:
             _restart_note(config.run_id, str(err), _set_aside(ckpt, str(err)))
+    if saved is not None:  # resume in the memory format the run started with (its rounding)
+        options["channels_last"] = _saved_channels_last(saved)
     trainer = build_trainer(config, dev, **options)
     state = new_progress()
     if saved is not None:
@@ -478,6 +483,7 @@ def run_experiment(
         except Exception as err:  # any failure here means a damaged checkpoint
             problem = f"checkpoint {ckpt} is damaged: resuming from it fails with {_why(err)}"
             _restart_note(config.run_id, problem, _set_aside(ckpt, problem))
+            options.pop("channels_last")
             trainer = build_trainer(config, dev, **options)
         else:
             state.update(saved["progress"])
@@ -493,6 +499,15 @@ def run_experiment(
     write_json_atomic(done, record)
     _delete_checkpoint(ckpt)
     return record
+
+
+def _saved_channels_last(saved: dict[str, Any]) -> bool | None:
+    """The memory format recorded by the checkpoint's last session (True: channels-last), or
+    None (the Trainer's default) where it records none."""
+    try:
+        return bool(saved["progress"]["session_environments"][-1]["runtime"]["channels_last"])
+    except (KeyError, IndexError, TypeError):
+        return None
 
 
 def _delete_checkpoint(ckpt: Path) -> None:

@@ -518,12 +518,12 @@ class Trainer:
     :func:`pick_amp_dtype`), "off", "bf16" or "fp16" (CUDA only). ``compile``: True or a mode
     of :data:`COMPILE_MODES` wraps the model in ``torch.compile`` (meant for CUDA; checkpoints
     keep the uncompiled names). ``channels_last``: the model and its batches in channels-last
-    memory format; None (default) means on CUDA only. On the CPU it is faster for the CPU
-    study's model (1.16x in CPU time with 2 threads, ``benchmarks/bench_training.py``) but
-    rounds differently, which training amplifies as much as another CPU does: the committed
-    CPU runs (and checkpoints written before) would no longer repeat bit for bit, so it is
-    off there unless asked for. On CUDA the Trainer also turns on cuDNN's autotuner
-    (:func:`tune_backends`).
+    memory format; None (default) means on CUDA and on the CPU, where it is faster for the CPU
+    study's model (1.16x per epoch with 1 thread, ``benchmarks/bench_training.py``). It rounds
+    differently from the default layout, which training amplifies as much as another CPU does:
+    CPU runs trained before it became the default (cbnotes before 2026-11-30, among them the
+    committed studies) repeat bit for bit only with ``channels_last=False``. On CUDA the
+    Trainer also turns on cuDNN's autotuner (:func:`tune_backends`).
 
     :meth:`train_epoch` appends one record per epoch to :attr:`history`; :meth:`evaluate`
     writes the test top-1 error into the latest record; :meth:`fit` runs both to the end.
@@ -577,7 +577,9 @@ class Trainer:
         self.device = torch.device(device)
         self.amp_dtype = _resolve_amp(amp, self.device)
         self.compile_mode = resolve_compile(compile)
-        self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
+        if channels_last is None:
+            channels_last = self.device.type in ("cuda", "cpu")
+        self.channels_last = bool(channels_last)
         self.memory_format = torch.channels_last if self.channels_last else torch.preserve_format
         tune_backends(self.device)
         self.model = model.to(self.device)

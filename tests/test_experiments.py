@@ -352,6 +352,35 @@ def test_an_interrupted_run_resumes_where_it_stopped_and_ends_identically(
     assert result_path(out, TINY).exists()
 
 
+def test_a_run_resumes_in_the_memory_format_it_started_with(tmp_path, monkeypatch, ctrl_c_at):
+    """A checkpoint written in the default layout (cbnotes on the CPU before channels-last
+    became the default there) resumes in that layout, so that the run ends as it would have
+    uninterrupted, bit for bit; a new run uses channels-last."""
+    from cbnotes import runner
+
+    today = runner.build_trainer
+
+    def flat_by_default(*args, channels_last=None, **kwargs):
+        return today(
+            *args, channels_last=False if channels_last is None else channels_last, **kwargs
+        )
+
+    monkeypatch.setattr(runner, "build_trainer", flat_by_default)
+    reference = run_experiment(TINY, tmp_path / "straight", device="cpu", progress=False)
+    assert reference["session_environments"][0]["runtime"]["channels_last"] is False
+    out = tmp_path / "interrupted"
+    train_epoch = ctrl_c_at(1)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(TINY, out, device="cpu", progress=False)
+    monkeypatch.setattr(runner, "build_trainer", today)
+    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
+    resumed = run_experiment(TINY, out, device="cpu", progress=False)
+    assert [s["runtime"]["channels_last"] for s in resumed["session_environments"]] == [False] * 2
+    assert _comparable(resumed) == _comparable(reference)
+    fresh = run_experiment(TINY, tmp_path / "fresh", device="cpu", progress=False)
+    assert fresh["session_environments"][0]["runtime"]["channels_last"] is True
+
+
 def test_a_checkpoint_of_another_config_is_refused(tmp_path, ctrl_c_at):
     ctrl_c_at(1)
     with pytest.raises(KeyboardInterrupt):
@@ -461,7 +490,7 @@ def test_compile_reaches_the_trainer_keeps_the_run_id_and_is_recorded(tmp_path, 
     assert record["session_environments"][-1]["runtime"] == {
         "compile": "default",
         "checkpoint_every": 0.0,
-        "channels_last": False,
+        "channels_last": True,
     }
     with pytest.raises(ValueError, match="compile must be"):
         run_experiment(dataclasses.replace(TINY, seed=5), tmp_path, device="cpu", compile="x")

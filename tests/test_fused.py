@@ -84,8 +84,9 @@ def _run(
     return member, test_loader
 
 
-def _trainer(member, test_loader, amp="off"):
-    """The ordinary Trainer of one run (on the device of its loader)."""
+def _trainer(member, test_loader, amp="off", channels_last=False):
+    """The ordinary Trainer of one run (on the device of its loader), by default in the
+    default memory format, as a pack trains unless told otherwise."""
     return Trainer(
         member.model,
         member.loss_fn,
@@ -99,6 +100,7 @@ def _trainer(member, test_loader, amp="off"):
         amp=amp,
         progress=False,
         posthoc_tau=member.posthoc_tau,
+        channels_last=channels_last,
     )
 
 
@@ -268,7 +270,7 @@ def test_float32_pack_drifts_no_more_than_a_change_of_memory_format(data):
         member, test_loader = _run(data, spec, dtype=torch.float32)
         member.model = member.model.to(memory_format=torch.channels_last)
         member.train_loader.channels_last = True
-        other = _trainer(member, test_loader)
+        other = _trainer(member, test_loader, channels_last=True)
         other.fit()
         layout_drift = max(layout_drift, _params_diff(other.state_dict(), trainer.state_dict()))
     assert pack_drift < 1e-5

@@ -483,7 +483,7 @@ def test_resume_keeps_the_live_lr_tensor_and_the_step_and_reads_older_checkpoint
 def test_resume_gives_momentum_buffers_the_layout_of_the_parameters():
     """A checkpoint of a run in the default layout resumed channels-last (as a CPU or older
     CUDA checkpoint on CUDA): the buffers follow the parameters, the numbers are kept."""
-    first = _trainer(epochs=2)
+    first = _trainer(epochs=2, channels_last=False)
     first.fit(1)
     resumed = _trainer(epochs=2, channels_last=True)
     resumed.load_state_dict(first.state_dict())
@@ -573,14 +573,18 @@ def test_every_sgd_step_keeps_the_weight_decay_groups(step):
         build_optimizer(model, Recipe(), "focal", step="adam")
 
 
-def test_channels_last_is_off_on_the_cpu_by_default_and_trains_the_same_when_asked():
-    default, last = _trainer(epochs=1), _trainer(epochs=1, channels_last=True)
-    assert default.memory_format == torch.preserve_format
-    assert default.model.conv1.weight.is_contiguous()
+def test_channels_last_is_on_the_cpu_by_default_and_trains_like_the_default_layout():
+    last, flat = _trainer(epochs=1), _trainer(epochs=1, channels_last=False)
+    assert last.channels_last
+    assert last.memory_format == torch.channels_last
     assert last.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    default.fit()
+    assert not flat.channels_last
+    assert flat.memory_format == torch.preserve_format
+    assert flat.model.conv1.weight.is_contiguous()
+    assert not flat.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     last.fit()
-    for k, v in _weights(default).items():
+    flat.fit()
+    for k, v in _weights(flat).items():
         torch.testing.assert_close(_weights(last)[k], v, rtol=1e-4, atol=1e-5)
 
 
