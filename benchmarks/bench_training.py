@@ -29,8 +29,9 @@ comparison, so a run cut short keeps what it measured.
 Measured on the project's 2-core CPU machine while it trained a study (nice 19, CPU study's
 model): ``sgd_step`` 1.43x, ``sgd`` 1.05-1.08x (within noise: the step is under 1% of an
 epoch), ``channels_last`` 1.12x (1 thread) and 1.16x (2 threads), one epoch = 158 checkpoint
-saves, ``omp_passive`` 5.40x in wall time (4.12x in CPU time) with 2 threads. Channels-last
-stays off on the CPU anyway: it rounds differently (see :class:`cbnotes.training.Trainer`).
+saves, ``omp_passive`` 5.40x in wall time (4.12x in CPU time) with 2 threads; idle, 1 thread:
+``channels_last`` 1.16x, since then the Trainer's default on the CPU too (it rounds
+differently; see :class:`cbnotes.training.Trainer`).
 Examples:
 
     python benchmarks/bench_training.py --device cpu --json results/bench_training_cpu.json

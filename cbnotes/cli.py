@@ -857,6 +857,15 @@ def _machine(env: dict) -> str:
     return ", ".join(parts)
 
 
+def _layout(record: dict) -> str:
+    """The memory format of a result's last session ("default" where none is recorded: before
+    cbnotes recorded it, CPU runs used the default layout)."""
+    sessions = record.get("session_environments") or [{}]
+    runtime = sessions[-1].get("runtime") if isinstance(sessions[-1], dict) else None
+    channels_last = isinstance(runtime, dict) and runtime.get("channels_last")
+    return "channels-last" if channels_last else "default memory format"
+
+
 def _against_committed(df: pd.DataFrame, out: str) -> list[str]:
     """Whether these runs match the committed CPU study's runs of the same id, and why not."""
     from cbnotes.results import InvalidResultError, read_result
@@ -886,10 +895,10 @@ def _against_committed(df: pd.DataFrame, out: str) -> list[str]:
         f"also holds {'ends' if len(differ) == 1 else 'end'} with another top-1 error there "
         f"(e.g. {ours['label']}: "
         f"{ours['top1_error']:.2f} % here, {theirs['top1_error']:.2f} % committed). Expect "
-        f"that on another machine: a different CPU, vector ISA (AVX2, AVX-512) or torch "
-        f"thread count rounds differently, and training amplifies it. The committed run was "
-        f"trained on {_machine(theirs['environment'])}; this one on "
-        f"{_machine(ours['environment'])}."
+        f"that on another machine: a different CPU, vector ISA (AVX2, AVX-512), torch "
+        f"thread count or memory format rounds differently, and training amplifies it. The "
+        f"committed run was trained on {_machine(theirs['environment'])} ({_layout(theirs)}); "
+        f"this one on {_machine(ours['environment'])} ({_layout(ours)})."
     ]
 
 

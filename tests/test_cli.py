@@ -227,9 +227,20 @@ def test_summary_explains_why_runs_can_differ_from_the_committed_study(tmp_path,
         f"- 1 of the 4 runs that the committed study in results/cpu-study also holds ends with "
         f"another top-1 error there (e.g. {first.label}: 22.26 % here, " in printed
     )
-    assert "a different CPU, vector ISA (AVX2, AVX-512) or torch thread count" in printed
+    assert "a different CPU, vector ISA (AVX2, AVX-512), torch thread count or memory" in printed
     assert "training amplifies it" in printed
-    assert "this one on cpu (x86_64, 2 cores, 2 torch threads), Some CPU, AVX2." in printed
+    assert "(default memory format); this one on cpu (x86_64, 2 cores, 2 torch threads)" in printed
+    assert "Some CPU, AVX2 (default memory format)." in printed
+
+
+def test_summary_names_the_memory_format_of_each_side(tmp_path, capsys):
+    sessions = [{"runtime": {"compile": None, "checkpoint_every": 0.0, "channels_last": True}}]
+    change = {"top1_error": 22.26, "session_environments": sessions}
+    _copy_committed(tmp_path, "cpu-quick", change)
+    assert main(["summary", "--out", str(tmp_path), "--preset", "cpu-quick"]) == 0
+    printed = capsys.readouterr().out
+    assert "(default memory format); this one on " in printed
+    assert "(channels-last)." in printed
 
 
 def test_figures_can_write_elsewhere(tmp_path, capsys):
