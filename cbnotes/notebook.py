@@ -336,7 +336,8 @@ def styled(
 ) -> Styler:
     """``df`` as a styled table: ``formats`` per column, or one format for its float columns
     (default "{:.2f}"), a caption, no index by default, '–' for missing values. The table's
-    HTML id is a hash of its content, so that re-running a notebook gives the same output."""
+    HTML id is a hash of what it shows (caption and formatted cells), so that re-running a
+    notebook gives the same output, also where a number changes only in digits not shown."""
     styler = df.style.format(na_rep="–")
     if isinstance(formats, Mapping):
         styler = styler.format(dict(formats), na_rep="–")
@@ -352,7 +353,7 @@ def styled(
         styler = styler.hide(axis="index")
     if caption:
         styler = styler.set_caption(caption)
-    digest = hashlib.sha1(f"{caption}\n{df.to_csv()}".encode()).hexdigest()[:10]
+    digest = hashlib.sha1(f"{caption}\n{styler.to_string()}".encode()).hexdigest()[:10]
     return styler.set_uuid(digest).set_table_styles(
         [
             {"selector": "caption", "props": "caption-side: top; text-align: left;"},

@@ -322,3 +322,20 @@ def test_readme_links_follow_the_repository_url():
     text = nbtools.README.read_text(encoding="utf-8")
     assert nbtools.sync_text(text) == text
     assert nbtools.repository_url() in text
+
+
+def test_a_styled_table_is_named_after_what_it_shows():
+    """The HTML id of a table (which nbval compares) changes with a shown digit or the caption,
+    not with digits the format hides, so a rounding change below them keeps the output."""
+    import pandas as pd
+
+    from cbnotes.notebook import styled
+
+    def table(value, caption="‖g‖"):
+        return styled(pd.DataFrame({"loss": ["focal"], "g": [value]}), "{:.4f}", caption=caption)
+
+    shown = table(0.123456781)
+    assert table(0.123456789).to_html() == shown.to_html()
+    assert table(0.1236).uuid != shown.uuid  # shown: 0.1235
+    assert table(0.123456781, caption="other").uuid != shown.uuid
+    assert shown.uuid in shown.to_html()
