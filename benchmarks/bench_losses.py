@@ -4,9 +4,12 @@ Every case runs on the same logits (B = 128, C = 100) and labels in the same pro
 ``torch.utils.benchmark.Timer.blocked_autorange``. The cases are timed in turn, ``--rounds``
 times over; each reports the smallest of its per-round medians and, as its cost relative to
 plain cross-entropy, the median over rounds of its ratio to cross-entropy's median of the same
-round (both robust to other load on the machine). The focal cases are timed twice: the closed-form
-gradient used by the package, and the previous autograd path ("reference"), which
-``ClassBalancedLoss`` no longer uses. Usage::
+round (both robust to other load on the machine), and the ratio of the smallest medians (the
+least disturbed timings). The focal cases are timed twice: the closed-form gradient used by the
+package, and the previous autograd path ("reference"), which ``ClassBalancedLoss`` no longer
+uses. On the project's 2-core virtual machine the same code measured 2.3x to 3.2x over 9 runs
+(γ = 1, the first form of the closed-form gradient 2.6x to 3.3x): the ratio moves with the load
+of the host. Usage::
 
     python benchmarks/bench_losses.py [--threads 1] [--rounds 5] [--min-run-time 0.2] \\
         [--json out.json]
@@ -101,6 +104,7 @@ def measure(min_run_time: float, rounds: int) -> list[dict[str, float | str]]:
                 "case": name,
                 "median_us": min(values) * 1e6,
                 "ratio": ratios[len(ratios) // 2],  # median over rounds of the same-round ratio
+                "best_ratio": min(values) / min(baseline),  # of the least disturbed timings
             }
         )
     return rows
@@ -119,16 +123,22 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rows = measure(args.min_run_time, args.rounds)
     print(f"B={BATCH}, C={NUM_CLASSES}, CPU, {args.threads} thread(s), torch {torch.__version__}")
-    print(f"{'case':<36} {'best (us)':>12} {'x cross_entropy':>16}")
+    print(f"{'case':<36} {'best (us)':>10} {'x CE (median)':>14} {'x CE (best)':>12}")
     for row in rows:
-        print(f"{row['case']:<36} {row['median_us']:>12.1f} {row['ratio']:>16.2f}")
-    ratio = {row["case"]: row["ratio"] for row in rows}
-    print(
-        f"CB focal (γ={GAMMA}) forward+backward: {ratio['ClassBalancedLoss focal']:.2f}x "
-        f"cross_entropy (closed-form gradient), "
-        f"{ratio['ClassBalancedLoss focal (reference)']:.2f}x (previous autograd path); "
-        + ", ".join(f"γ={g}: {ratio[f'ClassBalancedLoss focal γ={g}']:.2f}x" for g in OTHER_GAMMAS)
-    )
+        print(
+            f"{row['case']:<36} {row['median_us']:>10.1f} {row['ratio']:>14.2f} "
+            f"{row['best_ratio']:>12.2f}"
+        )
+    for key, how in (("ratio", "median of the rounds' ratios"), ("best_ratio", "best times")):
+        ratio = {row["case"]: row[key] for row in rows}
+        print(
+            f"CB focal (γ={GAMMA}) forward+backward, {how}: "
+            f"{ratio['ClassBalancedLoss focal']:.2f}x cross_entropy (closed-form gradient), "
+            f"{ratio['ClassBalancedLoss focal (reference)']:.2f}x (previous autograd path); "
+            + ", ".join(
+                f"γ={g}: {ratio[f'ClassBalancedLoss focal γ={g}']:.2f}x" for g in OTHER_GAMMAS
+            )
+        )
     if args.json is not None:
         meta = {
             "batch": BATCH,
