@@ -23,7 +23,6 @@ import multiprocessing
 import os
 import pickle
 import signal
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,14 +30,7 @@ from typing import Any
 from cbnotes._files import PlaceError
 from cbnotes.config import RunConfig
 from cbnotes.provenance import resolve_device
-from cbnotes.runner import (
-    DataCache,
-    PackFallback,
-    RunError,
-    _check_out_dirs,
-    _unit_name,
-    train_unit,
-)
+from cbnotes.runner import DataCache, RunError, _check_out_dirs, settle_unit, train_unit
 
 __all__ = ["resolve_jobs", "run_units", "threads_per_job"]
 
@@ -178,17 +170,12 @@ def run_units(
             )
             for future in done:
                 unit = pending.pop(future)
-                try:
-                    records.update(future.result())
-                except PackFallback as err:
-                    print(f"note: {err}; training its runs one by one", file=sys.stderr)
-                    for config in unit:
-                        pending[pool.submit(_train_unit, [config], folder, kwargs)] = [config]
-                    continue
-                except (RunError, FloatingPointError) as err:
-                    failures.update((c.run_id, str(err)) for c in unit)
-                    print(f"error: {_unit_name(unit)} failed: {err}; going on", file=sys.stderr)
-                bar.update(len(unit))
+                left = sum(len(u) for u in pending.values())
+                instead = settle_unit(unit, future.result, records, failures, left)
+                for retry in instead:
+                    pending[pool.submit(_train_unit, retry, folder, kwargs)] = retry
+                if not instead:
+                    bar.update(len(unit))
     except BaseException:  # Ctrl-C, or an error that stops the sweep: stop every worker now
         _stop_workers(pool)
         pool.shutdown(wait=True, cancel_futures=True)

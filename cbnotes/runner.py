@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import io
 import os
 import sys
@@ -806,21 +807,46 @@ def _run_units(
     while queue:
         unit = queue.popleft()
         bar.set_postfix_str(unit[0].run_id if len(unit) == 1 else f"pack of {len(unit)}")
-        try:
-            records.update(train_unit(unit, out_dir, cache, kwargs))
-        except PackFallback as err:
-            print(f"note: {err}; training its runs one by one", file=sys.stderr)
-            queue.extendleft([c] for c in reversed(unit))
-            continue
-        except (RunError, FloatingPointError) as err:
-            failures.update((c.run_id, str(err)) for c in unit)
-            left = sum(len(u) for u in queue)
-            if left:
-                print(
-                    f"error: {_unit_name(unit)} failed: {err}; going on with the other "
-                    f"{left} run(s)",
-                    file=sys.stderr,
-                )
-        bar.update(len(unit))
+        left = sum(len(u) for u in queue)
+        instead = settle_unit(
+            unit,
+            functools.partial(train_unit, unit, out_dir, cache, kwargs),
+            records,
+            failures,
+            left,
+        )
+        if instead:
+            queue.extendleft(reversed(instead))
+        else:
+            bar.update(len(unit))
     bar.close()
     return records, failures
+
+
+def settle_unit(
+    unit: list[RunConfig],
+    outcome: Callable[[], dict[str, dict[str, Any]]],
+    records: dict[str, dict[str, Any]],
+    failures: dict[str, str],
+    left: int,
+) -> list[list[RunConfig]]:
+    """File what training ``unit`` gave (``outcome()`` returns its records or raises) into
+    ``records`` or ``failures``, saying so where a sweep goes on; return the units to train
+    instead (a pack that falls back, :class:`PackFallback`, becomes its runs), else [].
+
+    The one policy of the sequential loop and of ``--jobs`` workers
+    (:func:`cbnotes.parallel.run_units`); ``left`` is the number of runs still to train.
+    """
+    try:
+        records.update(outcome())
+    except PackFallback as err:
+        print(f"note: {err}; training its runs one by one", file=sys.stderr)
+        return [[config] for config in unit]
+    except (RunError, FloatingPointError) as err:
+        failures.update((c.run_id, str(err)) for c in unit)
+        if left:
+            print(
+                f"error: {_unit_name(unit)} failed: {err}; going on with the other {left} run(s)",
+                file=sys.stderr,
+            )
+    return []

@@ -160,3 +160,33 @@ def test_fewer_runs_than_jobs_share_all_the_cores(tmp_path, monkeypatch):
     run_sweep(SMOKE[:2], tmp_path, device="cpu", progress=False, jobs="auto")
     threads = [r["environment"]["torch_threads"] for r in _records(tmp_path).values()]
     assert threads == [8, 8]  # 2 runs: 2 workers of 16 // 2 threads, not 16 workers of 1
+
+
+def test_both_loops_settle_a_unit_the_same_way(capsys):
+    """runner.settle_unit, the one policy of the sequential loop and of the workers: records
+    kept; a pack that falls back becomes its runs (a note); a failed run or pack is listed and
+    the sweep goes on (said while runs are left)."""
+    from cbnotes.runner import PackFallback, RunError, settle_unit
+
+    pack, records, failures = list(SMOKE[:2]), {}, {}
+
+    def fails(err):
+        def outcome():
+            raise err
+
+        return outcome
+
+    done = {c.run_id: {"run_id": c.run_id} for c in pack}
+    assert settle_unit(pack, lambda: done, records, failures, left=1) == []
+    assert records == done
+    instead = settle_unit(pack, fails(PackFallback("the pack cannot")), records, failures, 1)
+    assert instead == [[pack[0]], [pack[1]]]
+    assert capsys.readouterr().err == "note: the pack cannot; training its runs one by one\n"
+    assert settle_unit(pack, fails(RunError("boom")), records, failures, left=3) == []
+    assert failures == {c.run_id: "boom" for c in pack}
+    assert "failed: boom; going on with the other 3 run(s)" in capsys.readouterr().err
+    assert settle_unit([SMOKE[2]], fails(FloatingPointError("nan")), records, failures, 0) == []
+    assert failures[SMOKE[2].run_id] == "nan"
+    assert capsys.readouterr().err == ""  # the last unit: nothing goes on
+    with pytest.raises(KeyboardInterrupt):  # anything else stops the sweep
+        settle_unit(pack, fails(KeyboardInterrupt()), records, failures, 1)
