@@ -7,7 +7,7 @@ plain cross-entropy, the median over rounds of its ratio to cross-entropy's medi
 round (both robust to other load on the machine), and the ratio of the smallest medians (the
 least disturbed timings). The focal cases are timed twice: the closed-form gradient used by the
 package, and the previous autograd path ("reference"), which ``ClassBalancedLoss`` no longer
-uses. On the project's 2-core virtual machine the same code measured 2.3x to 3.2x over 9 runs
+uses. On the project's 2-core virtual machine the same code measured 2.3x to 3.2x over 10 runs
 (γ = 1, the first form of the closed-form gradient 2.6x to 3.3x): the ratio moves with the load
 of the host. Usage::
 
