@@ -858,12 +858,11 @@ def _machine(env: dict) -> str:
 
 
 def _layout(record: dict) -> str:
-    """The memory format of a result's last session ("default" where none is recorded: before
-    cbnotes recorded it, CPU runs used the default layout)."""
-    sessions = record.get("session_environments") or [{}]
-    runtime = sessions[-1].get("runtime") if isinstance(sessions[-1], dict) else None
-    channels_last = isinstance(runtime, dict) and runtime.get("channels_last")
-    return "channels-last" if channels_last else "default memory format"
+    """The memory format of a result's last session, in words (the default where none is
+    recorded: :func:`cbnotes.results.recorded_channels_last`)."""
+    from cbnotes.results import recorded_channels_last
+
+    return "channels-last" if recorded_channels_last(record) else "default memory format"
 
 
 def _against_committed(df: pd.DataFrame, out: str) -> list[str]:

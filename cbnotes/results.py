@@ -205,6 +205,16 @@ def trained_part(record: Mapping[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in record.items() if k not in VOLATILE_KEYS}, "history": history}
 
 
+def recorded_channels_last(record: Any) -> bool | None:
+    """Whether the last session of a result record (or of a checkpoint's progress record, which
+    keeps sessions the same way) trained channels-last; None where it records no memory format
+    (before cbnotes recorded it, CPU runs used the default layout)."""
+    try:
+        return bool(record["session_environments"][-1]["runtime"]["channels_last"])
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
 def read_result(path: str | os.PathLike[str], *, run_id: str | None = None) -> dict[str, Any]:
     """Read and check one result file (see :func:`check_record`); with ``run_id``, also that it
     holds that run. Raises :class:`InvalidResultError` naming the file and the reason."""

@@ -59,6 +59,7 @@ from cbnotes.results import (
     checkpoint_path,
     move_away,
     read_result,
+    recorded_channels_last,
     result_path,
     run_status,
     summary_row,
@@ -473,9 +474,9 @@ def run_experiment(
             saved = _load_checkpoint(ckpt, config)
         except DamagedCheckpointError as err:
             _restart_note(config.run_id, str(err), _set_aside(ckpt, str(err)))
-    if saved is not None:  # resume in the memory format the run started with (its rounding)
-        options["channels_last"] = _saved_channels_last(saved)
-    trainer = build_trainer(config, dev, **options)
+    # A resumed run keeps the memory format it started with (its rounding).
+    layout = recorded_channels_last(saved["progress"]) if saved is not None else None
+    trainer = build_trainer(config, dev, channels_last=layout, **options)
     state = new_progress()
     if saved is not None:
         try:
@@ -484,8 +485,7 @@ def run_experiment(
         except Exception as err:  # any failure here means a damaged checkpoint
             problem = f"checkpoint {ckpt} is damaged: resuming from it fails with {_why(err)}"
             _restart_note(config.run_id, problem, _set_aside(ckpt, problem))
-            options.pop("channels_last")
-            trainer = build_trainer(config, dev, **options)
+            trainer = build_trainer(config, dev, **options)  # a fresh start: today's layout
         else:
             state.update(saved["progress"])
     runtime = {
@@ -500,15 +500,6 @@ def run_experiment(
     write_json_atomic(done, record)
     _delete_checkpoint(ckpt)
     return record
-
-
-def _saved_channels_last(saved: dict[str, Any]) -> bool | None:
-    """The memory format recorded by the checkpoint's last session (True: channels-last), or
-    None (the Trainer's default) where it records none."""
-    try:
-        return bool(saved["progress"]["session_environments"][-1]["runtime"]["channels_last"])
-    except (KeyError, IndexError, TypeError):
-        return None
 
 
 def _delete_checkpoint(ckpt: Path) -> None:
