@@ -7,9 +7,9 @@ plain cross-entropy, the median over rounds of its ratio to cross-entropy's medi
 round (both robust to other load on the machine), and the ratio of the smallest medians (the
 least disturbed timings). The focal cases are timed twice: the closed-form gradient used by the
 package, and the previous autograd path ("reference"), which ``ClassBalancedLoss`` no longer
-uses. On the project's 2-core virtual machine the same code measured 2.3x to 3.2x over 10 runs
-(γ = 1, the first form of the closed-form gradient 2.6x to 3.3x): the ratio moves with the load
-of the host. Usage::
+uses. On the project's 2-core virtual machine, 8 runs of the same code measured 1.9x to 3.1x
+(median of the rounds' ratios; 2.3x in the middle run) and 1.7x to 2.6x (best times), γ = 1: the
+ratio moves with the load of the host. Usage::
 
     python benchmarks/bench_losses.py [--threads 1] [--rounds 5] [--min-run-time 0.2] \\
         [--json out.json]
@@ -37,6 +37,7 @@ from cbnotes.losses import (
     class_balanced_loss,
     class_balanced_loss_from_weights,
 )
+from cbnotes.provenance import cpu_description, git_revision
 
 BATCH, NUM_CLASSES, BETA, GAMMA = 128, 100, 0.9999, 1.0
 OTHER_GAMMAS = (0.5, 2.0)
@@ -150,6 +151,8 @@ def main() -> None:
             "min_run_time": args.min_run_time,
             "torch": torch.__version__,
             "machine": platform.machine(),
+            **cpu_description(),
+            **git_revision(),
         }
         write_json(args.json, {"meta": meta, "results": rows})
 

@@ -150,11 +150,23 @@ def _check_logits(logits: torch.Tensor) -> None:
         )
 
 
-def _check_batch(logits: torch.Tensor, labels: torch.Tensor) -> None:
+def _check_label_range(labels: torch.Tensor, num_classes: int) -> None:
+    """Raise unless integer ``labels`` lie in ``[0, num_classes)`` (reads them: a device sync)."""
+    low, high = (int(v) for v in labels.aminmax())
+    if low < 0 or high >= num_classes:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}) for logits with {num_classes} classes; "
+            f"got {bad}. Check the label mapping or the model's number of outputs."
+        ) from None  # raised while handling an IndexError: that one adds nothing
+
+
+def _check_batch(logits: torch.Tensor, labels: torch.Tensor, *, check_range: bool = True) -> None:
     """Check shapes and dtypes of ``logits`` (B, C) and integer ``labels`` (B,).
 
     The label range ``[0, C)`` is checked only for labels on the CPU: on CUDA it is not
-    checked, to avoid a device sync; validate your labels once.
+    checked, to avoid a device sync; validate your labels once. ``check_range=False`` leaves
+    it to the caller, which must then index with the labels through :func:`_label_weights`.
     """
     _check_logits(logits)
     if (
@@ -177,15 +189,18 @@ def _check_batch(logits: torch.Tensor, labels: torch.Tensor) -> None:
             f"labels and logits must have the same batch size; got {labels.shape[0]} labels "
             f"for {logits.shape[0]} rows of logits."
         )
-    if labels.device.type == "cpu":
-        num_classes = logits.shape[1]
-        low, high = (int(v) for v in labels.aminmax())
-        if low < 0 or high >= num_classes:
-            bad = low if low < 0 else high
-            raise ValueError(
-                f"labels must lie in [0, {num_classes}) for logits with {num_classes} classes; "
-                f"got {bad}. Check the label mapping or the model's number of outputs."
-            )
+    if check_range and labels.device.type == "cpu":
+        _check_label_range(labels, logits.shape[1])
+
+
+def _label_weights(weights: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``weights[labels]``, whose indexing checks the label range on the CPU for free: a label
+    outside ``[0, C)`` raises :func:`_check_label_range`'s error instead of an IndexError."""
+    try:
+        return weights.index_select(0, labels)
+    except IndexError:
+        _check_label_range(labels, weights.numel())
+        raise
 
 
 def _is_multi_hot(labels: Any) -> bool:
@@ -196,11 +211,14 @@ def _is_multi_hot(labels: Any) -> bool:
 def _check_targets(logits: torch.Tensor, labels: torch.Tensor, loss_type: str) -> None:
     """Check integer ``labels`` (B,), or float multi-hot targets (B, C) for sigmoid/focal.
 
+    For sigmoid and focal the label range is left to :func:`_weighted_loss`, whose indexing
+    checks it (:func:`_label_weights`).
+
     Target values in [0, 1] are checked only on the CPU: on CUDA they are not, to avoid a
     device sync.
     """
-    if not _is_multi_hot(labels):
-        _check_batch(logits, labels)
+    if not _is_multi_hot(labels):  # the range is checked where the labels index the weights
+        _check_batch(logits, labels, check_range=loss_type == "softmax")
         return
     _check_logits(logits)
     if loss_type == "softmax":
@@ -394,8 +412,13 @@ def _signed_slope(bce: torch.Tensor, below: torch.Tensor, gamma: float) -> torch
     return torch.addcmul(below, bce, above, value=gamma)
 
 
+def _label_signs(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``sign`` of the shape of ``z``: -1 at each row's label, +1 elsewhere (``n = sign·z``)."""
+    return torch.ones_like(z).scatter_(1, labels.unsqueeze(1), -1.0)
+
+
 class _FocalLossLabels(torch.autograd.Function):
-    """:class:`_FocalLoss` for integer labels, given as ``sign`` (B, C): -1 at the targets.
+    """:class:`_FocalLoss` for int64 labels, with ``sign`` (B, C) -1 at the targets.
 
     Works on ``n = sign·z = -x``: per element ``f = m·b`` with ``b = softplus(n)`` and
     ``m = σ(n)^γ`` (:func:`_signed_parts`), ``∂f/∂n = m·(σ(n) + γ·b·σ(-n))``
@@ -407,23 +430,25 @@ class _FocalLossLabels(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, z: torch.Tensor, sign: torch.Tensor, row: torch.Tensor, gamma: float
+        ctx: Any, z: torch.Tensor, labels: torch.Tensor, row: torch.Tensor, gamma: float
     ) -> torch.Tensor:
-        """Focal terms of ``z`` (B, C) with targets where ``sign`` is -1, weighted by ``row``."""
+        """Focal terms of ``z`` (B, C) for int64 ``labels`` (B,), weighted by ``row`` (B,)."""
+        sign = _label_signs(z, labels)
         bce, below, modulator = _signed_parts(z * sign, gamma)
         scaled = modulator * row.unsqueeze(1)  # m·r_b
         grad_z = _signed_slope(bce, below, gamma).mul_(scaled).mul_(sign)
-        ctx.save_for_backward(grad_z, z, sign, row)
+        ctx.save_for_backward(grad_z, z, labels, row)
         ctx.gamma = gamma
         return bce.mul_(scaled).sum()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         """Gradients with respect to ``z`` (precomputed) and ``row``."""
-        grad_z, z, sign, row = ctx.saved_tensors
+        grad_z, z, labels, row = ctx.saved_tensors
         gamma = ctx.gamma
         needs_row = ctx.needs_input_grad[2]
         if torch.is_grad_enabled() or needs_row:  # create_graph=True, or a gradient for row
+            sign = _label_signs(z, labels)
             bce, below, modulator = _signed_parts(z * sign, gamma)
             if torch.is_grad_enabled():
                 slope = _signed_slope(bce, below, gamma)
@@ -432,9 +457,9 @@ class _FocalLossLabels(torch.autograd.Function):
         return grad_z * grad if ctx.needs_input_grad[0] else None, None, grad_row, None
 
 
-def _signed_focal_value(z: torch.Tensor, sign: torch.Tensor, row: torch.Tensor, gamma: float):
+def _signed_focal_value(z: torch.Tensor, labels: torch.Tensor, row: torch.Tensor, gamma: float):
     """:class:`_FocalLossLabels`'s value without its gradient (the same operations)."""
-    bce, _, modulator = _signed_parts(z * sign, gamma)
+    bce, _, modulator = _signed_parts(z * _label_signs(z, labels), gamma)
     return bce.mul_(modulator * row.unsqueeze(1)).sum()
 
 
@@ -496,15 +521,13 @@ def _weighted_loss(
             labels = labels.long()  # int32/uint8 labels are fine; no-op for int64
             if loss_type == "softmax":  # Σ_b α_{y_b} CE_b / B (not the weighted mean)
                 return F.cross_entropy(z, labels, weight=weights, reduction="sum") / batch
-            alpha = weights.index_select(0, labels)
-            index = labels.unsqueeze(1)
+            alpha = _label_weights(weights, labels)  # checks the label range (CPU)
             if fast_focal:
-                sign = torch.ones_like(z).scatter_(1, index, -1.0)
                 row = alpha / _constant(batch, z.dtype)  # = alpha / batch, without wrapping batch
                 if wants_grad:
-                    return _FocalLossLabels.apply(z, sign, row, gamma)
-                return _signed_focal_value(z, sign, row, gamma)  # no gradient wanted
-            targets = torch.zeros_like(z).scatter_(1, index, 1.0)  # one-hot
+                    return _FocalLossLabels.apply(z, labels, row, gamma)
+                return _signed_focal_value(z, labels, row, gamma)  # no gradient wanted
+            targets = torch.zeros_like(z).scatter_(1, labels.unsqueeze(1), 1.0)  # one-hot
         if loss_type == "focal" and gamma:
             terms = _focal_terms_reference(z, targets, gamma)
         else:
@@ -677,9 +700,10 @@ class ClassBalancedLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of ``logits`` (B, C) against integer ``labels`` (B,) or multi-hot (B, C)."""
+        weights = self.weights  # a buffer: each read goes through nn.Module.__getattr__
         _check_targets(logits, labels, self.loss_type)
-        _check_module_classes(logits, self.num_classes)
-        return _weighted_loss(logits, labels, self.weights, self.loss_type, self.gamma)
+        _check_module_classes(logits, weights.numel())
+        return _weighted_loss(logits, labels, weights, self.loss_type, self.gamma)
 
     def extra_repr(self) -> str:
         """Loss type, scheme, β ("effective" only), γ (focal only) and number of classes."""

@@ -306,6 +306,30 @@ def test_bad_input_raises_value_error_naming_the_argument(kwargs, match):
         class_balanced_loss(**args)
 
 
+@pytest.mark.parametrize("bad", [4, -1, -100])  # -100 is F.cross_entropy's ignore_index
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("entry", ["function", "from_weights", "module", "no_grad"])
+def test_a_label_out_of_range_is_named_on_every_path(entry, loss_type, bad):
+    """Sigmoid and focal check the range where the labels index the weights (no extra pass),
+    softmax before F.cross_entropy, which would skip -100; every path raises the same error,
+    without the IndexError it replaces."""
+    labels = GOOD_LABELS.clone()
+    labels[3] = bad
+    logits = GOOD_LOGITS.clone().requires_grad_(entry != "no_grad")
+    weights = class_balanced_weights(COUNTS, 0.99)
+    calls = {
+        "function": lambda: class_balanced_loss(logits, labels, COUNTS, loss_type, 0.99, 1.0),
+        "from_weights": lambda: class_balanced_loss_from_weights(
+            logits, labels, weights, loss_type, 1.0
+        ),
+        "module": lambda: ClassBalancedLoss(COUNTS, loss_type, 0.99, 1.0)(logits, labels),
+        "no_grad": lambda: ClassBalancedLoss(COUNTS, loss_type, 0.99, 1.0)(logits, labels),
+    }
+    with pytest.raises(ValueError, match=rf"labels must lie in \[0, 4\).*got {bad}\.") as error:
+        calls[entry]()
+    assert error.value.__suppress_context__
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
