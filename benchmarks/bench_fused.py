@@ -46,15 +46,9 @@ from cbnotes.fused import FusedResNet, PackMember, PackTrainer
 from cbnotes.methods import build_criterion
 from cbnotes.models import resnet_cifar
 from cbnotes.pipeline import DeviceLoader
-from cbnotes.training import Recipe, Trainer, seed_everything
+from cbnotes.training import Recipe, Trainer, epoch_seconds, seed_everything, synchronize
 
 NUM_CLASSES = 10
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued device work (timing only)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def synthetic_set(images: int, channels: int, size: int) -> ImageSet:
@@ -86,18 +80,6 @@ def member(args: argparse.Namespace, data: ImageSet, seed: int, device: torch.de
     )
     criterion = build_criterion("softmax", counts, {"beta": 0.0}, recipe)
     return PackMember(model, criterion, loader, recipe, "softmax", counts, name=f"s{seed}")
-
-
-def epoch_seconds(trainer: Any, epoch: int, clock: str, device: torch.device) -> float:
-    """Seconds of one training epoch by ``clock``: "wall", or "cpu" (this process's CPU time,
-    all threads: the work done, whatever else runs on the machine). Trainer and PackTrainer
-    sync the host at the end of an epoch."""
-    timer = time.process_time if clock == "cpu" else time.perf_counter
-    sync(device)
-    start = timer()
-    trainer.train_epoch(epoch)
-    sync(device)
-    return timer() - start
 
 
 def build_one(args: argparse.Namespace, data: ImageSet, test: ImageSet, device: torch.device):
@@ -149,8 +131,8 @@ def compare(
     pack.train_epoch(0)
     one_s, pack_s = [], []
     for epoch in range(1, args.repeats + 1):
-        one_s.append(epoch_seconds(one, epoch, args.clock, device))
-        pack_s.append(epoch_seconds(pack, epoch, args.clock, device))
+        one_s.append(epoch_seconds(one, epoch, clock=args.clock))
+        pack_s.append(epoch_seconds(pack, epoch, clock=args.clock))
     images = args.steps * args.batch_size
     return images / min(one_s), n * images / min(pack_s)
 
@@ -211,11 +193,11 @@ def raw_steps(args: argparse.Namespace, n: int, device: torch.device) -> dict[st
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.repeats):  # alternate; the fastest repeat counts
         for name, step in steps.items():
-            sync(device)
+            synchronize(device)
             start = timer()
             for _ in range(args.steps):
                 step()
-            sync(device)
+            synchronize(device)
             times[name].append((timer() - start) / args.steps)
     out = {name: min(t) for name, t in times.items()}
     return out

@@ -29,6 +29,7 @@ from cbnotes._files import write_json_atomic as write_json
 from cbnotes.data import ImageSet
 from cbnotes.models import resnet_cifar
 from cbnotes.pipeline import DeviceLoader
+from cbnotes.training import synchronize
 
 
 class PilDataset(Dataset):
@@ -61,12 +62,6 @@ def pil_transform() -> T.Compose:
     )
 
 
-def sync(device: torch.device) -> None:
-    """Wait for queued device work (timing only)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def device_batches(loader: DeviceLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless batches of a DeviceLoader, epoch after epoch."""
     for epoch in itertools.count():
@@ -93,13 +88,13 @@ def timed(
     """Images per second of ``steps`` calls of ``step`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         step(*next(batches))
-    sync(device)
+    synchronize(device)
     images, start = 0, time.perf_counter()
     for _ in range(steps):
         x, y = next(batches)
         step(x, y)
         images += x.shape[0]
-    sync(device)
+    synchronize(device)
     return images / (time.perf_counter() - start)
 
 

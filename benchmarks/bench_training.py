@@ -54,21 +54,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_fused import (
-    add_model_args,
-    epoch_seconds,
-    resolve_model_args,
-    sync,
-    synthetic_set,
-    write_json,
-)
+from bench_fused import add_model_args, resolve_model_args, synthetic_set, write_json
 
 from cbnotes.data import ImageSet
 from cbnotes.methods import build_criterion
 from cbnotes.models import resnet_cifar
 from cbnotes.pipeline import DeviceLoader
 from cbnotes.runner import _rng_state, save_atomic
-from cbnotes.training import Recipe, Trainer, build_optimizer, build_scheduler, seed_everything
+from cbnotes.training import (
+    Recipe,
+    Trainer,
+    build_optimizer,
+    build_scheduler,
+    epoch_seconds,
+    seed_everything,
+    synchronize,
+)
 
 NUM_CLASSES = 10
 CPU_COMPARISONS = ("sgd", "sgd_step", "channels_last", "checkpoint", "omp_passive")
@@ -135,7 +136,7 @@ def pair(
     for epoch in range(1, args.repeats + 1):
         for side, (trainer, hook) in enumerate(zip(sides, hooks, strict=True)):
             hook()
-            times[side].append(epoch_seconds(trainer, epoch, args.clock, args.device))
+            times[side].append(epoch_seconds(trainer, epoch, clock=args.clock))
     base, var = min(times[0]), min(times[1])
     return {"baseline_s": base, "variant_s": var, "ratio": base / var}
 
@@ -153,11 +154,11 @@ def sgd_steps(args: argparse.Namespace, data: ImageSet, test: ImageSet) -> dict[
     times: list[list[float]] = [[], []]
     for _ in range(args.repeats + 1):
         for side, optimizer in enumerate(optimizers):
-            sync(args.device)
+            synchronize(args.device)
             start = timer()
             for _ in range(50):
                 optimizer.step()
-            sync(args.device)
+            synchronize(args.device)
             times[side].append((timer() - start) / 50)
     base, var = min(times[0][1:]), min(times[1][1:])  # the first round warms up
     return {"baseline_s": base, "variant_s": var, "ratio": base / var}
@@ -167,7 +168,7 @@ def checkpoint_cost(args: argparse.Namespace, data: ImageSet, test: ImageSet) ->
     """Fastest epoch vs fastest of 5 checkpoint saves (wall clock: a save is mostly I/O)."""
     trainer = build(args, data, test)
     trainer.train_epoch(0)
-    epochs = [epoch_seconds(trainer, e, "wall", args.device) for e in range(1, args.repeats + 1)]
+    epochs = [epoch_seconds(trainer, e) for e in range(1, args.repeats + 1)]
     saves = []
     with tempfile.TemporaryDirectory() as folder:
         for _ in range(5):

@@ -232,6 +232,7 @@ def measure_pack_speedup(
     import torch
 
     from cbnotes.runner import build_trainer
+    from cbnotes.training import epoch_seconds
 
     configs = list(configs)
     dev = resolve_device(str(device))
@@ -246,13 +247,7 @@ def measure_pack_speedup(
         seconds = {"one run": 0.0, "pack": 0.0}
         for epoch in range(max(1, min(epochs, configs[0].epochs))):
             for name, trainer in (("one run", one), ("pack", pack)):
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
-                start = time.perf_counter()
-                trainer.train_epoch(epoch)
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
-                seconds[name] = time.perf_counter() - start
+                seconds[name] = epoch_seconds(trainer, epoch)
     finally:
         _set_rng_state(state)
     del one, pack

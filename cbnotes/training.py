@@ -453,6 +453,28 @@ def tune_backends(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+def synchronize(device: torch.device | str) -> None:
+    """Wait until the work queued on ``device`` is done (CUDA); nothing elsewhere. For timing."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def epoch_seconds(trainer: Any, epoch: int, *, clock: str = "wall") -> float:
+    """Seconds of one training epoch of ``trainer`` (a :class:`Trainer` or a
+    :class:`cbnotes.fused.PackTrainer`), measured between two syncs of its device by ``clock``:
+    "wall" (``time.perf_counter``) or "cpu" (this process's CPU time on all threads: the work
+    done, whatever else runs on the machine)."""
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu'; got {clock!r}.")
+    timer = time.process_time if clock == "cpu" else time.perf_counter
+    synchronize(trainer.device)
+    start = timer()
+    trainer.train_epoch(epoch)
+    synchronize(trainer.device)
+    return timer() - start
+
+
 def _mark_step(mode: str | None, device: torch.device) -> None:
     """Tell cudagraph trees that a new iteration begins: the compile modes that replay CUDA
     graphs ("reduce-overhead", "max-autotune") overwrite their outputs at the next replay."""

@@ -15,6 +15,7 @@ from cbnotes.training import (
     Trainer,
     build_optimizer,
     build_scheduler,
+    epoch_seconds,
     pick_amp_dtype,
     seed_everything,
 )
@@ -412,6 +413,25 @@ def test_seed_everything_fixes_the_initialization():
     assert not torch.equal(a.conv1.weight, c.conv1.weight)
     with pytest.raises(ValueError, match="seed"):
         seed_everything(-1)
+
+
+def test_epoch_seconds_times_one_epoch_of_the_trainer_by_the_clock_asked_for():
+    class Counting:  # a trainer's interface as epoch_seconds uses it
+        device = torch.device("cpu")
+
+        def __init__(self):
+            self.epochs = []
+
+        def train_epoch(self, epoch):
+            self.epochs.append(epoch)
+
+    trainer = Counting()
+    for clock in ("wall", "cpu"):
+        assert epoch_seconds(trainer, 3, clock=clock) >= 0.0
+    assert trainer.epochs == [3, 3]
+    with pytest.raises(ValueError, match="clock must be 'wall' or 'cpu'; got 'gpu'"):
+        epoch_seconds(trainer, 0, clock="gpu")
+    assert trainer.epochs == [3, 3]  # a bad clock trains nothing
 
 
 # ----------------------------------------------------------------------------- the step (issue 9)
