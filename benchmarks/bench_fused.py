@@ -46,9 +46,36 @@ from cbnotes.fused import FusedResNet, PackMember, PackTrainer
 from cbnotes.methods import build_criterion
 from cbnotes.models import resnet_cifar
 from cbnotes.pipeline import DeviceLoader
+from cbnotes.provenance import cpu_description, git_revision
 from cbnotes.training import Recipe, Trainer, epoch_seconds, seed_everything, synchronize
 
 NUM_CLASSES = 10
+
+
+def header(args: argparse.Namespace, *, channels_last: bool = False) -> dict[str, Any]:
+    """What a report records of where and what it measured (device, torch, threads, CPU, git
+    revision, model, input, steps, repeats, amp, clock); also printed as one line."""
+    device = args.device
+    head = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        **cpu_description(),
+        **git_revision(),
+        "model": f"ResNet-{args.depth} width {args.width}, {args.shortcut} shortcut",
+        "input": f"{args.channels}x{args.size}x{args.size}, batch {args.batch_size}"
+        + (", channels_last" if channels_last else ""),
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "amp": args.amp,
+        "clock": args.clock,
+    }
+    print(
+        f"{head['model']}, {head['input']} on {head['device_name']} "
+        f"({head['threads']} threads), amp={args.amp}, {args.clock} time"
+    )
+    return head
 
 
 def synthetic_set(images: int, channels: int, size: int) -> ImageSet:
@@ -337,23 +364,9 @@ def main(argv: list[str] | None = None) -> dict:
     data = synthetic_set(args.steps * args.batch_size, args.channels, args.size)
     test = synthetic_set(100, args.channels, args.size)
     results: dict[str, Any] = {
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "model": f"ResNet-{args.depth} width {args.width}, {args.shortcut} shortcut",
-        "input": f"{args.channels}x{args.size}x{args.size}, batch {args.batch_size}"
-        + (", channels_last" if args.channels_last else ""),
-        **{
-            k: v
-            for k, v in vars(args).items()
-            if k in ("steps", "repeats", "amp", "sizes", "clock", "channels_last")
-        },
+        **header(args, channels_last=args.channels_last),
+        **{k: v for k, v in vars(args).items() if k in ("sizes", "channels_last")},
     }
-    print(
-        f"{results['model']}, {results['input']} on {results['device_name']} "
-        f"({results['threads']} threads), amp={args.amp}, {args.clock} time"
-    )
     print(
         f"{'N':>3} | {'one run img/s':>13} | {'pack img/s':>11} | {'per member':>10} | "
         f"{'vs one by one':>13}" + (" | vmap/fused step" if args.vmap else "")

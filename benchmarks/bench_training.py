@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_fused import add_model_args, resolve_model_args, synthetic_set, write_json
+from bench_fused import add_model_args, header, resolve_model_args, synthetic_set, write_json
 
 from cbnotes.data import ImageSet
 from cbnotes.methods import build_criterion
@@ -324,27 +324,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.omp_child:
         omp_child(args)
         return {}
-    device = args.device
     data = synthetic_set(args.steps * args.batch_size, args.channels, args.size)
     test = synthetic_set(100, args.channels, args.size)
     results: dict[str, Any] = {
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "model": f"ResNet-{args.depth} width {args.width}, {args.shortcut} shortcut",
-        "input": f"{args.channels}x{args.size}x{args.size}, batch {args.batch_size}",
-        "steps": args.steps,
-        "repeats": args.repeats,
-        "amp": args.amp,
-        "clock": args.clock,
+        **header(args),
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
         "comparisons": [],
     }
-    print(
-        f"{results['model']}, {results['input']} on {results['device_name']} "
-        f"({results['threads']} threads), amp={args.amp}, {args.clock} time"
-    )
     print(f"{'comparison':<24} | {'what':<52} | {'baseline':>10} | {'variant':>10} | ratio")
     for name in args.names:
         row = {"name": name, "what": WHAT[name], **measure(name, args, data, test)}
