@@ -276,6 +276,8 @@ from pathlib import Path
 
 import torch
 
+from cbnotes.provenance import git_revision
+
 out, dry, name = Path(sys.argv[1]), sys.argv[2] == "1", sys.argv[3]
 steps = []
 for line in (out / "steps.tsv").read_text().splitlines():
@@ -289,13 +291,14 @@ for key, file in (("bench", "bench_fused.json"), ("bench_channels_last", "bench_
     results[key] = json.loads(path.read_text()) if path.exists() else None
 report = {
     "device": name, "dry_run": dry, "torch": torch.__version__,
-    "cuda": torch.version.cuda, "python": platform.python_version(),
+    "cuda": torch.version.cuda, "python": platform.python_version(), **git_revision(),
     "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     "passed": all(s["exit"] == 0 for s in steps), "steps": steps, **results,
 }
 (out / "device_check.json").write_text(json.dumps(report, indent=2) + "\n")
 lines = [f"# Device check: {name}{' (dry run)' if dry else ''}", "",
-         f"torch {report['torch']}, CUDA {report['cuda']}, finished {report['finished']}; "
+         f"torch {report['torch']}, CUDA {report['cuda']}, git {(report['git_rev'] or 'unknown')[:7]}"
+         f"{' (uncommitted changes)' if report['git_dirty'] else ''}, finished {report['finished']}; "
          f"{'all steps passed' if report['passed'] else 'SOME STEPS FAILED'}.", "",
          "| step | status | seconds |", "| --- | --- | --- |"]
 lines += [f"| {s['step']} | {s['status']} (exit {s['exit']}) | {s['seconds']} |" for s in steps]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from cbnotes.provenance import git_revision
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "device_check.sh"
 STEPS = ["cuda_tests", "bench", "bench_channels_last", "amp", "paper", "bench_training"]
@@ -46,6 +48,10 @@ def test_dry_run_passes_every_step_and_writes_its_reports(tmp_path):
     assert all(c["ratio"] > 0 for c in report["bench_training"]["comparisons"])
     markdown = (out / "report.md").read_text()
     assert "all steps passed" in markdown
+    revision = git_revision()  # the report names the code it measured
+    assert (report["git_rev"], report["git_dirty"]) == (revision["git_rev"], revision["git_dirty"])
+    assert f"git {(revision['git_rev'] or 'unknown')[:7]}" in markdown
+    assert report["bench"]["git_rev"] == report["bench_training"]["git_rev"] == revision["git_rev"]
     assert "| 4 |" in markdown  # the pack-size table
     assert "| omp_passive |" in markdown  # the training-step table
     assert "Default sweep (fused auto): units [1, 1, 1, 1]; no measurement" in markdown
