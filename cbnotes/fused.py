@@ -80,6 +80,7 @@ from cbnotes.training import (
     build_optimizer,
     build_scheduler,
     compile_model,
+    lr_dtype,
     resolve_compile,
     run_epochs,
     tune_backends,
@@ -748,7 +749,10 @@ class PackTrainer:
         n = self.num_members
         start_step = self.step
         lrs = [[self.lr(i, start_step + s) for i in range(n)] for s in range(self.steps_per_epoch)]
-        lr_table = torch.tensor(lrs, dtype=self.optimizer.flat.dtype).to(self.device)
+        # Each lr as a run's own SGD holds it (lr_dtype: float32 on CUDA), then in the
+        # parameters' dtype: float64 packs update exactly as their runs do on CUDA too.
+        exact = torch.tensor(lrs, dtype=torch.float64)
+        lr_table = exact.to(lr_dtype(self.device)).to(self.optimizer.flat.dtype).to(self.device)
         loss_sum = torch.zeros(n, device=self.device, dtype=torch.float32)
         images = 0
         start = time.perf_counter()

@@ -251,6 +251,8 @@ def build_optimizer(
     kind = _sgd_step(step, device)
     for group in groups:
         group["lr"] = _lr_value(recipe.lr, kind, device)
+        # The schedule's base: the recipe's lr itself, not a float32 tensor's value of it.
+        group["initial_lr"] = float(recipe.lr)
     return torch.optim.SGD(
         groups,
         lr=recipe.lr,
@@ -270,13 +272,20 @@ def _sgd_step(step: str, device: torch.device) -> str:
     return step
 
 
+def lr_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of a learning-rate tensor on ``device``: float32 on CUDA, whose fused SGD
+    kernel reads its lr as float32 whatever the parameters' dtype; float64 elsewhere, which
+    holds the scheduler's float exactly. A pack rounds its learning rates the same way, so
+    that it updates its members as their runs alone do (:class:`cbnotes.fused.PackTrainer`)."""
+    return torch.float32 if torch.device(device).type == "cuda" else torch.float64
+
+
 def _lr_value(lr: float, kind: str, device: torch.device) -> float | torch.Tensor:
-    """A param group's learning rate: a tensor on ``device`` (float64 on the CPU, float32 on
-    CUDA, whose fused kernel reads float), or the float itself for the for-loop step."""
+    """A param group's learning rate: a tensor of :func:`lr_dtype` on ``device``, or the float
+    itself for the for-loop step."""
     if kind == "for-loop" or not _TENSOR_LR:
         return float(lr)
-    dtype = torch.float32 if device.type == "cuda" else torch.float64
-    return torch.tensor(float(lr), dtype=dtype, device=device)
+    return torch.tensor(float(lr), dtype=lr_dtype(device), device=device)
 
 
 def _prime_momentum(optimizer: torch.optim.Optimizer) -> None:
