@@ -127,6 +127,7 @@ def build_one(args: argparse.Namespace, data: ImageSet, test: ImageSet, device: 
         train_counts=m.train_counts,
         amp=args.amp,
         progress=False,
+        channels_last=args.channels_last,  # the packs' layout (None would mean channels-last)
     )
 
 
@@ -395,9 +396,9 @@ def main(argv: list[str] | None = None) -> dict:
             text += f" | {raw['vmap'] / raw['fused']:14.2f}x"
         rows.append(row)
         print(text)
-    results["packs"] = rows
-    if args.json is not None:
-        write_json(args.json, results)
+        results["packs"] = rows
+        if args.json is not None:  # after every size: a run cut short keeps what it measured
+            write_json(args.json, results)
     return results
 
 
