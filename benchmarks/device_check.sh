@@ -22,7 +22,8 @@
 # report.md (every step's status, seconds and results), bench_fused*.json, amp.json,
 # paper.json, bench_training.json and one log per step. Exit status: 0 if every step
 # passed, 1 otherwise, 2 on bad usage or (without --dry-run) no CUDA device. PYTHON overrides
-# the interpreter (default: .venv/bin/python if present, else python3).
+# the interpreter (default: .venv/bin/python if present, else python3). In a copy of the files
+# without .git, set CBNOTES_GIT_REV=<commit> so that the report names the code it measured.
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -32,7 +33,7 @@ OUT=""
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY=1 ;;
-    -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "device_check.sh: unknown option $arg (use --dry-run or -h)" >&2; exit 2 ;;
     *)
       if [ -n "$OUT" ]; then echo "device_check.sh: give one OUT_DIR, got '$OUT' and '$arg'" >&2; exit 2; fi

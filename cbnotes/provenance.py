@@ -42,15 +42,24 @@ def device_name(device: Any) -> str:
     return f"cpu ({cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
+GIT_REV_VARIABLE = "CBNOTES_GIT_REV"
+
+
 def git_revision() -> dict[str, Any]:
-    """``{"git_rev": sha or None, "git_dirty": bool or None}`` of the repository of this package."""
+    """``{"git_rev": sha or None, "git_dirty": bool or None}`` of the repository of this package.
+
+    Where the package is not in a git checkout (a copy of its files, say on a machine lent for
+    a benchmark), the revision is taken from the environment variable ``CBNOTES_GIT_REV`` if
+    set, with ``git_dirty`` None (unknown).
+    """
     where = Path(__file__).resolve().parent
+    unknown = {"git_rev": os.environ.get(GIT_REV_VARIABLE) or None, "git_dirty": None}
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10
         )
         if rev.returncode != 0:
-            return {"git_rev": None, "git_dirty": None}
+            return unknown
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
             cwd=where,
@@ -59,7 +68,7 @@ def git_revision() -> dict[str, Any]:
             timeout=10,
         )
     except (OSError, subprocess.SubprocessError):
-        return {"git_rev": None, "git_dirty": None}
+        return unknown
     dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
     return {"git_rev": rev.stdout.strip(), "git_dirty": dirty}
 

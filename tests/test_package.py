@@ -101,3 +101,21 @@ def test_python_lower_bound_covers_the_standard_library_the_package_uses():
     needed = _needed(PYTHON_APIS)
     declared = _declared("python")
     assert {what: v for what, v in needed.items() if v > declared[:2]} == {}
+
+
+@pytest.mark.parametrize("failure", ["not a checkout", "no git"])
+def test_git_revision_outside_a_checkout_comes_from_the_environment(monkeypatch, failure):
+    """A copy of the files (no .git) records CBNOTES_GIT_REV if set, else no revision; either
+    way "dirty" is unknown, not False."""
+    from cbnotes import provenance
+
+    def git(*args, **kwargs):
+        if failure == "no git":
+            raise FileNotFoundError("git")
+        return subprocess.CompletedProcess(args, 128, "", "fatal: not a git repository")
+
+    monkeypatch.setattr(provenance.subprocess, "run", git)
+    monkeypatch.delenv("CBNOTES_GIT_REV", raising=False)
+    assert provenance.git_revision() == {"git_rev": None, "git_dirty": None}
+    monkeypatch.setenv("CBNOTES_GIT_REV", "31c1ad2")
+    assert provenance.git_revision() == {"git_rev": "31c1ad2", "git_dirty": None}
