@@ -513,6 +513,7 @@ def run_pack(
     then trains them one by one), :class:`~cbnotes.runner.RunError` for a checkpoint of
     another pack, and ValueError for runs that cannot share a pack or are not pending.
     """
+
     from cbnotes.training import resolve_compile
 
     configs = _check_pack(configs, out_dir)
@@ -561,7 +562,11 @@ def _train_pack(
     final metrics.
 
     Each run's progress counts its 1/N share of the pack's time (see :data:`PACK_NOTE`).
+    Running out of GPU memory, like a non-finite loss, deletes the checkpoint and raises
+    :class:`~cbnotes.runner.PackFallback`: the runs then train one at a time.
     """
+    import torch
+
     n = len(configs)
     session_start = time.perf_counter()
     walls = [state["wall_seconds"] for state in states]
@@ -591,6 +596,9 @@ def _train_pack(
     except FloatingPointError as err:
         _delete_checkpoint(ckpt)  # the pack cannot go on; its runs start again one by one
         raise PackFallback(f"{_describe(configs)} stopped: {err}") from err
+    except torch.cuda.OutOfMemoryError:
+        _delete_checkpoint(ckpt)  # as above: one run at a time needs less memory
+        raise PackFallback(f"{_describe(configs)} ran out of GPU memory") from None
     if pack.members[0].last_evaluation is None:  # resumed with every epoch trained
         pack.evaluate()
     return [m.last_evaluation for m in pack.members]

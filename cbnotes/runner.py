@@ -103,6 +103,12 @@ class SweepError(RuntimeError):
         super().__init__(f"{len(self.failures)} of {total} run(s) failed:{lines}")
 
 
+OOM_HINT = (
+    "train fewer runs at once on this GPU (--jobs, --pack-size, --runs-per-gpu) or free the "
+    "memory other programs hold"
+)
+
+
 class PackFallback(Exception):
     """A pack that cannot be trained fused (see :mod:`cbnotes.packs`): the sweep trains its
     runs one by one instead. The message says why."""
@@ -826,18 +832,40 @@ def settle_unit(
     instead (a pack that falls back, :class:`PackFallback`, becomes its runs), else [].
 
     The one policy of the sequential loop and of ``--jobs`` workers
-    (:func:`cbnotes.parallel.run_units`); ``left`` is the number of runs still to train.
+    (:func:`cbnotes.parallel.run_units`); ``left`` is the number of runs still to train. A
+    run that runs out of GPU memory is that run's failure (a pack's turns into a fallback in
+    :func:`cbnotes.packs.run_pack`), and the memory it cached is released for the next.
     """
+    import torch
+
+    instead: list[list[RunConfig]] = []
     try:
         records.update(outcome())
     except PackFallback as err:
         print(f"note: {err}; training its runs one by one", file=sys.stderr)
-        return [[config] for config in unit]
-    except (RunError, FloatingPointError) as err:
-        failures.update((c.run_id, str(err)) for c in unit)
-        if left:
+        instead = [[config] for config in unit]
+    except torch.cuda.OutOfMemoryError as err:
+        if len(unit) > 1:  # wherever the pack ran out (building, data, training)
             print(
-                f"error: {_unit_name(unit)} failed: {err}; going on with the other {left} run(s)",
+                f"note: the {_unit_name(unit)} ran out of GPU memory; training its runs one by one",
                 file=sys.stderr,
             )
-    return []
+            instead = [[config] for config in unit]
+        else:
+            detail = str(err).splitlines()[0] if str(err) else "no detail"
+            _record_failure(unit, f"ran out of GPU memory ({detail}); {OOM_HINT}", failures, left)
+    except (RunError, FloatingPointError) as err:
+        _record_failure(unit, str(err), failures, left)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()  # what a failed run or pack left cached, for the next
+    return instead
+
+
+def _record_failure(unit: list[RunConfig], why: str, failures: dict[str, str], left: int) -> None:
+    """File ``why`` as the failure of every run of ``unit``; say so if the sweep goes on."""
+    failures.update((c.run_id, why) for c in unit)
+    if left:
+        print(
+            f"error: {_unit_name(unit)} failed: {why}; going on with the other {left} run(s)",
+            file=sys.stderr,
+        )

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from cbnotes import packs
 from cbnotes.cli import main
@@ -164,25 +165,35 @@ def test_a_damaged_pack_checkpoint_is_set_aside_and_the_pack_trained_again(fused
 # ----------------------------------------------------------------------------- fallback
 
 
-@pytest.mark.parametrize("failure", ["refused", "nan"])
+@pytest.mark.parametrize("failure", ["refused", "nan", "out of memory", "out of memory early"])
 def test_a_pack_that_cannot_train_fused_falls_back_to_single_runs(
     failure, unfused, tmp_path, monkeypatch, capsys
 ):
-    """PackTrainer refusing the runs, or a loss that becomes nan in the pack: a note, then
-    the runs one by one, with the results of an unfused sweep (bit for bit)."""
+    """PackTrainer refusing the runs, a loss that becomes nan in the pack, or the GPU's memory
+    running out while it trains or is built: a note, then the runs one by one, with the
+    results of an unfused sweep (bit for bit)."""
     configs = SMOKE[:2]
+    out_of_memory = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     if failure == "refused":
 
         def refuse(self, *args, **kwargs):
             raise ValueError("members differ in something")
 
         monkeypatch.setattr(PackTrainer, "__init__", refuse)
+    elif failure == "out of memory early":
+
+        def full(self, *args, **kwargs):
+            raise out_of_memory
+
+        monkeypatch.setattr(PackTrainer, "__init__", full)
     else:
 
-        def nan(self, epoch):
+        def fail(self, epoch):
+            if failure == "out of memory":
+                raise out_of_memory
             raise FloatingPointError("the train loss of member(s) [1] became [nan]")
 
-        monkeypatch.setattr(PackTrainer, "train_epoch", nan)
+        monkeypatch.setattr(PackTrainer, "train_epoch", fail)
     df = run_sweep(configs, tmp_path, fused=True, pack_size=2, device="cpu", progress=False)
     assert list(df["run_id"]) == [c.run_id for c in configs]
     err = capsys.readouterr().err

@@ -188,5 +188,14 @@ def test_both_loops_settle_a_unit_the_same_way(capsys):
     assert settle_unit([SMOKE[2]], fails(FloatingPointError("nan")), records, failures, 0) == []
     assert failures[SMOKE[2].run_id] == "nan"
     assert capsys.readouterr().err == ""  # the last unit: nothing goes on
+    full = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")
+    assert settle_unit([SMOKE[2]], fails(full), records, failures, left=2) == []  # one run
+    assert failures[SMOKE[2].run_id].startswith(
+        "ran out of GPU memory (CUDA out of memory. Tried to allocate 2.00 GiB); train fewer "
+        "runs at once on this GPU (--jobs, --pack-size, --runs-per-gpu)"
+    )
+    assert "going on with the other 2 run(s)" in capsys.readouterr().err
+    assert settle_unit(pack, fails(full), records, failures, 1) == [[pack[0]], [pack[1]]]
+    assert "ran out of GPU memory; training its runs one by one" in capsys.readouterr().err
     with pytest.raises(KeyboardInterrupt):  # anything else stops the sweep
         settle_unit(pack, fails(KeyboardInterrupt()), records, failures, 1)
