@@ -133,10 +133,16 @@ def _pack_task(
 
 def _resources(device: str, cpus_per_run: int, runs_per_gpu: int) -> dict[str, float]:
     """Ray resource request of one run (a share of a GPU, or CPU cores); a fused pack asks for
-    a whole GPU (``runs_per_gpu=1``)."""
+    a whole GPU (``runs_per_gpu=1``).
+
+    A GPU task gets a fresh worker process (``max_calls=1``): CUDA reads the GPU that Ray
+    assigns (``CUDA_VISIBLE_DEVICES``) once per process, so a reused worker would train on
+    the GPU of its first task, and keep that task's CUDA memory. ``ray.remote`` takes this
+    option, ``.options()`` does not.
+    """
     if device == "cpu":
         return {"num_cpus": cpus_per_run, "num_gpus": 0}
-    return {"num_cpus": cpus_per_run, "num_gpus": 1.0 / runs_per_gpu}
+    return {"num_cpus": cpus_per_run, "num_gpus": 1.0 / runs_per_gpu, "max_calls": 1}
 
 
 def _units(
@@ -218,8 +224,6 @@ def run_sweep_ray(
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda; got {device!r}")
     folder = check_out_dir(out_dir).resolve()
-    marker = f"{_MARKER_PREFIX}{uuid.uuid4().hex}"
-    write_text_atomic(folder / marker, f"{socket.gethostname()} {os.getpid()}\n")
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(
@@ -229,8 +233,18 @@ def run_sweep_ray(
             log_to_driver=False,
             configure_logging=False,
         )
+    gpus = ray.cluster_resources().get("GPU", 0)
     if device == "auto":
-        device = "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
+        device = "cuda" if gpus > 0 else "cpu"
+    elif device == "cuda" and not gpus:  # its tasks could never be scheduled: a silent hang
+        if started_here:
+            ray.shutdown()
+        raise ValueError(
+            "device 'cuda' was asked for, but the Ray cluster has no GPU; use --device cpu "
+            "(or auto), or join a cluster with GPUs (--address)"
+        )
+    marker = f"{_MARKER_PREFIX}{uuid.uuid4().hex}"
+    write_text_atomic(folder / marker, f"{socket.gethostname()} {os.getpid()}\n")
     options = {
         "device": device,
         "data_root": data_root,
@@ -238,11 +252,11 @@ def run_sweep_ray(
         "compile": compile,
         "checkpoint_every": checkpoint_every,
     }
-    run_task = ray.remote(_task).options(
+    run_task = ray.remote(
         **_resources(device, cpus_per_run, runs_per_gpu), max_retries=max_retries
-    )
-    pack_task = ray.remote(_pack_task).options(
-        **_resources(device, cpus_per_run, 1), max_retries=max_retries
+    )(_task)
+    pack_task = ray.remote(**_resources(device, cpus_per_run, 1), max_retries=max_retries)(
+        _pack_task
     )
     rows: dict[str, dict[str, Any]] = {}
     pending: dict[Any, list[RunConfig]] = {}

@@ -153,7 +153,16 @@ def test_the_ray_options_are_checked(tmp_path):
     assert json.loads(json.dumps(distributed._resources("cuda", 1, 4))) == {
         "num_cpus": 1,
         "num_gpus": 0.25,
+        "max_calls": 1,  # a fresh process per GPU task: CUDA reads its GPU once per process
     }
+    assert distributed._resources("cpu", 2, 4) == {"num_cpus": 2, "num_gpus": 0}
+
+
+def test_asking_for_cuda_on_a_cluster_without_gpus_is_an_error_not_a_hang(ray_instance, tmp_path):
+    """Tasks that ask for a GPU no node has are never scheduled: say so at once."""
+    with pytest.raises(ValueError, match="the Ray cluster has no GPU; use --device cpu"):
+        distributed.run_sweep_ray(get_preset("smoke"), tmp_path, device="cuda", progress=False)
+    assert list(tmp_path.iterdir()) == []  # no driver marker left behind
 
 
 def test_the_cli_passes_the_cores_of_each_run_to_ray(monkeypatch, tmp_path):
