@@ -623,8 +623,9 @@ def _check_fused(args: argparse.Namespace) -> None:
 def _default_pack_size(args: argparse.Namespace, configs: list[RunConfig]) -> int:
     """The device's pack size (cbnotes.packs.default_pack_size), with a note on a CPU."""
     from cbnotes.packs import default_pack_size
+    from cbnotes.parallel import resolve_jobs
 
-    size = default_pack_size(args.device, configs)
+    size = default_pack_size(args.device, configs, sharing=resolve_jobs(args.jobs, args.device))
     if size == 1:
         print(
             "note: --fused on a CPU trains one run at a time (a pack is a little slower than "

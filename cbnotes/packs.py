@@ -139,11 +139,12 @@ def _member_bytes(config: RunConfig) -> int:
     return int(2 * 4 * config.batch_size * per_image)
 
 
-def default_pack_size(device: Any, configs: Iterable[RunConfig]) -> int:
+def default_pack_size(device: Any, configs: Iterable[RunConfig], *, sharing: int = 1) -> int:
     """Runs per pack when none is asked for: 1 on a CPU, where a pack is a little slower than
     its runs one by one (benchmarks/bench_fused.py); on a GPU as many as
     :data:`MEMORY_SHARE` of its free memory holds by a rough estimate of each run's
-    activations, at most :data:`MAX_PACK_SIZE`."""
+    activations, at most :data:`MAX_PACK_SIZE`. ``sharing`` processes training packs on the
+    GPU at once (``--jobs``) split that share between them."""
     dev = resolve_device("auto" if device is None else str(device))
     if dev.type != "cuda":
         return 1
@@ -151,7 +152,7 @@ def default_pack_size(device: Any, configs: Iterable[RunConfig]) -> int:
 
     free, _ = torch.cuda.mem_get_info(dev)
     need = max((_member_bytes(c) for c in configs), default=1)
-    return max(1, min(MAX_PACK_SIZE, int(MEMORY_SHARE * free // need)))
+    return max(1, min(MAX_PACK_SIZE, int(MEMORY_SHARE * free / max(1, sharing) // need)))
 
 
 def _check_pack_size(pack_size: Any) -> int:
@@ -177,18 +178,22 @@ def plan_sweep(
     *,
     pack_size: int | None = None,
     device: Any = None,
+    sharing: int = 1,
 ) -> list[list[RunConfig]]:
     """The units a fused sweep trains, in order: lists of one run (trained, resumed or read
     as without packs) and packs of 2 to ``pack_size`` pending runs.
 
     Runs are grouped by :func:`pack_key` over the whole selection (finished runs included,
     so that a re-run forms the same packs) and cut, in their order, into chunks of
-    ``pack_size`` (default :func:`default_pack_size`); a chunk's pending runs form its pack.
+    ``pack_size`` (default :func:`default_pack_size`, for ``sharing`` processes on the
+    device); a chunk's pending runs form its pack.
     Packs come after the single runs, those of one dataset one after another. A pack
     checkpoint in ``out_dir`` that no planned pack resumes is kept, with a note.
     """
     configs = list(configs)
-    size = _check_pack_size(default_pack_size(device, configs) if pack_size is None else pack_size)
+    if pack_size is None:
+        pack_size = default_pack_size(device, configs, sharing=sharing)
+    size = _check_pack_size(pack_size)
     folder = Path(out_dir)
     unique = list({c.run_id: c for c in configs}.values())
     pending = {
@@ -270,8 +275,10 @@ def choose_units(
     data_root: str | os.PathLike[str] | None = None,
     download: bool = False,
     data: DataCache | None = None,
+    sharing: int = 1,
 ) -> list[list[RunConfig]]:
-    """The units ``fused="auto"`` trains: :func:`plan_sweep`'s packs where a pack trains at
+    """The units ``fused="auto"`` trains (packs sized for ``sharing`` processes on the
+    device, as :func:`plan_sweep`): :func:`plan_sweep`'s packs where a pack trains at
     least :data:`AUTO_MIN_SPEEDUP` times as fast as its runs one by one, else every run alone.
 
     On a CPU every run is trained alone without measuring (benchmarks/bench_fused.py: a pack is
@@ -287,7 +294,7 @@ def choose_units(
     dev = resolve_device(str(device))
     if dev.type != "cuda":
         return [[c] for c in configs]
-    units = plan_sweep(configs, out_dir, pack_size=pack_size, device=dev)
+    units = plan_sweep(configs, out_dir, pack_size=pack_size, device=dev, sharing=sharing)
     packs = [unit for unit in units if len(unit) > 1]
     if not packs:
         return units

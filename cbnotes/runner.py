@@ -115,22 +115,32 @@ class PackFallback(Exception):
 
 
 def _rng_state() -> dict[str, Any]:
-    """Global torch RNG states (CPU and CUDA) for exact resumption."""
+    """Global torch RNG states for exact resumption: the CPU's and, once CUDA is in use, that
+    of the current CUDA device, the one a run trains on (not every visible GPU's: a resume, as
+    a Ray task for one, may see fewer GPUs)."""
     import torch
 
     state: dict[str, Any] = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def _set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what :func:`_rng_state` saved."""
+    """Restore what :func:`_rng_state` saved, or the list of every GPU's states that earlier
+    versions saved (the current device's entry, or the first if there are fewer)."""
     import torch
 
     torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or not torch.cuda.is_available():
+        return
+    if isinstance(cuda, list | tuple):
+        if not cuda:
+            return
+        index = torch.cuda.current_device()
+        cuda = cuda[index] if index < len(cuda) else cuda[0]
+    torch.cuda.set_rng_state(cuda)
 
 
 def checkpoint_seconds(every: float | None, device: Any) -> float:
@@ -713,6 +723,9 @@ def run_sweep(
         raise ValueError(f"configs must all be RunConfig; got {type(bad[0]).__name__}")
     if fused not in (True, False, "auto"):
         raise ValueError(f'fused must be True, False or "auto"; got {fused!r}')
+    from cbnotes.parallel import resolve_jobs
+
+    workers = resolve_jobs(jobs, kwargs.get("device", "auto"))
     cache = DataCache()  # the data sets are loaded once per sweep
     units: list[list[RunConfig]] = [[c] for c in configs]
     if fused == "auto":
@@ -726,14 +739,14 @@ def run_sweep(
             data_root=kwargs.get("data_root"),
             download=kwargs.get("download", False),
             data=cache,
+            sharing=workers,
         )
     elif fused:
         from cbnotes.packs import plan_sweep
 
-        units = plan_sweep(configs, out_dir, pack_size=pack_size, device=kwargs.get("device"))
-    from cbnotes.parallel import resolve_jobs
-
-    workers = resolve_jobs(jobs, kwargs.get("device", "auto"))
+        units = plan_sweep(
+            configs, out_dir, pack_size=pack_size, device=kwargs.get("device"), sharing=workers
+        )
     here: list[list[RunConfig]] = units  # finished runs are read here, not by a worker
     todo: list[list[RunConfig]] = []
     if workers > 1:

@@ -593,3 +593,28 @@ def test_a_sweep_loads_each_data_set_once(tmp_path, monkeypatch):
             "train_loss"
         ]
     )
+
+
+def test_the_cuda_rng_state_is_the_training_devices_and_old_lists_still_resume(monkeypatch):
+    """A checkpoint holds the current CUDA device's RNG state, not every visible GPU's: a run
+    saved where 2 GPUs were visible resumes where 1 is (a Ray task), which restoring the list
+    of all of them failed on (IndexError, and the checkpoint was set aside as damaged).
+    Checkpoints of earlier versions hold that list: its current device's entry is used."""
+    from cbnotes.runner import _rng_state, _set_rng_state
+
+    states = [torch.full((4,), i, dtype=torch.uint8) for i in range(2)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": states[1])
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(state)
+    )
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    saved = _rng_state()
+    assert torch.equal(saved["cuda"], states[1])
+    _set_rng_state(saved)
+    _set_rng_state({"cpu": saved["cpu"], "cuda": states})  # an older checkpoint, 2 GPUs
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)  # a GPU it did not list
+    _set_rng_state({"cpu": saved["cpu"], "cuda": states})
+    assert [int(s[0]) for s in restored] == [1, 0, 0]

@@ -247,6 +247,24 @@ def test_the_pack_size_on_a_cpu_is_one_and_a_gpu_estimate_is_sane():
     assert 0.5 * 2**30 < packs._member_bytes(resnet32) < 2 * 2**30
 
 
+def test_processes_sharing_a_gpu_split_its_memory_between_their_packs(monkeypatch):
+    """--jobs 2 on one GPU: each worker trains a pack at the same time, so each gets half of
+    the share one would (a T4's 15 GiB free: 7 ResNet-32 runs alone, 3 each for two)."""
+    monkeypatch.setattr(packs, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (15 * 2**30, 16 * 2**30))
+    resnet32 = [RunConfig("cifar10")]
+    alone = packs.default_pack_size("cuda", resnet32)
+    assert alone == int(packs.MEMORY_SHARE * 15 * 2**30 // packs._member_bytes(resnet32[0]))
+    assert packs.default_pack_size("cuda", resnet32, sharing=2) == int(
+        packs.MEMORY_SHARE * 15 * 2**30 / 2 // packs._member_bytes(resnet32[0])
+    )
+    assert (alone, packs.default_pack_size("cuda", resnet32, sharing=2)) == (7, 3)
+    units = packs.plan_sweep(
+        [RunConfig("cifar10", seed=s) for s in range(8)], "missing", device="cuda", sharing=2
+    )
+    assert len(units[0]) == packs.default_pack_size("cuda", resnet32, sharing=2)
+
+
 def test_run_pack_refuses_runs_that_cannot_share_a_pack(tmp_path):
     deeper = RunConfig(**{**SMOKE[0].to_dict(), "depth": 14})
     with pytest.raises(ValueError, match=r"cannot share a pack .*depth: 14 != 8"):
