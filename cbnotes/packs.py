@@ -521,7 +521,7 @@ def run_pack(
     another pack, and ValueError for runs that cannot share a pack or are not pending.
     """
 
-    from cbnotes.training import resolve_compile
+    from cbnotes.training import precision_name, resolve_compile
 
     configs = _check_pack(configs, out_dir)
     _check_out_dirs(out_dir)
@@ -549,7 +549,12 @@ def run_pack(
         else:
             states = saved["progress"]
     env = environment(dev)
-    runtime = {"compile": mode, "checkpoint_every": every, "channels_last": pack.channels_last}
+    runtime = {
+        "compile": mode,
+        "checkpoint_every": every,
+        "channels_last": pack.channels_last,
+        "precision": precision_name(pack.amp_dtype),
+    }
     for config, state in zip(configs, states, strict=True):
         _start_session(state, dev, config, env, runtime)
     timer = CheckpointTimer(every, pack.next_epoch)

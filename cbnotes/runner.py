@@ -478,7 +478,7 @@ def run_experiment(
     _check_out_dirs(out_dir)
     ckpt = checkpoint_path(out_dir, config)
     dev = resolve_device(device)
-    from cbnotes.training import resolve_compile
+    from cbnotes.training import precision_name, resolve_compile
 
     every = checkpoint_seconds(checkpoint_every, dev)
     options = {"progress": progress, "data_root": data_root, "download": download}
@@ -508,6 +508,7 @@ def run_experiment(
         "compile": options["compile"],
         "checkpoint_every": every,
         "channels_last": trainer.channels_last,
+        "precision": precision_name(trainer.amp_dtype),
     }
     _start_session(state, dev, config, runtime=runtime)
     timer = CheckpointTimer(every, trainer.next_epoch)

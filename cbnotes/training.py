@@ -399,6 +399,12 @@ def pick_amp_dtype(device: torch.device | str) -> torch.dtype | None:
     return torch.float16
 
 
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """The precision a step computes in, as a run's record names it: "bfloat16" or "float16"
+    (autocast), else "float32" (``amp="auto"`` picks by GPU, so a record must say which)."""
+    return "float32" if amp_dtype is None else str(amp_dtype).removeprefix("torch.")
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and PyTorch's (CPU and all CUDA devices) random generators.
 

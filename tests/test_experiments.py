@@ -491,6 +491,7 @@ def test_compile_reaches_the_trainer_keeps_the_run_id_and_is_recorded(tmp_path, 
         "compile": "default",
         "checkpoint_every": 0.0,
         "channels_last": True,
+        "precision": "float32",  # amp="auto" on a CPU: no autocast
     }
     with pytest.raises(ValueError, match="compile must be"):
         run_experiment(dataclasses.replace(TINY, seed=5), tmp_path, device="cpu", compile="x")

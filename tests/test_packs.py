@@ -328,7 +328,12 @@ def test_a_fused_sweep_checkpoints_by_time_too(fused, tmp_path, monkeypatch):
         k: trained_part(v) for k, v in straight.items()
     }
     runtime = next(iter(timed.values()))["session_environments"][-1]["runtime"]
-    assert runtime == {"compile": None, "checkpoint_every": 3600.0, "channels_last": False}
+    assert runtime == {
+        "compile": None,
+        "checkpoint_every": 3600.0,
+        "channels_last": False,
+        "precision": "float32",
+    }
 
 
 # ----------------------------------------------------------------------------- fused="auto"

@@ -717,3 +717,11 @@ def test_cuda_fp16_overflow_on_the_first_step_leaves_fused_sgd_clean():
     for name, p in trainer.model.named_parameters():
         assert torch.equal(p, start[name]), name
         assert not trainer.optimizer.state[p]["momentum_buffer"].any(), name
+
+
+def test_a_records_precision_names_what_autocast_computes_in():
+    from cbnotes.training import precision_name
+
+    assert precision_name(None) == "float32"
+    assert precision_name(torch.bfloat16) == "bfloat16"
+    assert precision_name(torch.float16) == "float16"
