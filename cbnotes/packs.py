@@ -520,7 +520,6 @@ def run_pack(
     then trains them one by one), :class:`~cbnotes.runner.RunError` for a checkpoint of
     another pack, and ValueError for runs that cannot share a pack or are not pending.
     """
-
     from cbnotes.training import precision_name, resolve_compile
 
     configs = _check_pack(configs, out_dir)

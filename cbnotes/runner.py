@@ -847,8 +847,9 @@ def settle_unit(
 
     The one policy of the sequential loop and of ``--jobs`` workers
     (:func:`cbnotes.parallel.run_units`); ``left`` is the number of runs still to train. A
-    run that runs out of GPU memory is that run's failure (a pack's turns into a fallback in
-    :func:`cbnotes.packs.run_pack`), and the memory it cached is released for the next.
+    run that runs out of GPU memory is that run's failure, a pack that does falls back to its
+    runs (:func:`cbnotes.packs.run_pack` also deletes its checkpoint when that happens while
+    it trains), and afterwards the memory the unit left cached is given back for the next.
     """
     import torch
 
@@ -871,7 +872,7 @@ def settle_unit(
     except (RunError, FloatingPointError) as err:
         _record_failure(unit, str(err), failures, left)
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()  # what a failed run or pack left cached, for the next
+        torch.cuda.empty_cache()  # for the next unit, or another process on this GPU
     return instead
 
 
